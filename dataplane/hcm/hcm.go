@@ -1,0 +1,399 @@
+// Package hcm owns the HTTP connection manager (Envoy's
+// envoy.filters.network.http_connection_manager): it serves downstream
+// HTTP/1.1, HTTP/2 over TLS and h2c connections, applies Envoy's request and
+// response header handling, runs the HTTP filter chain (fault, cors and
+// filters registered by other packages) and ends it with the router, which
+// forwards to upstream clusters with timeouts, retries, mirroring and
+// WebSocket upgrades. It also owns HCM access logging and the http.<prefix>
+// statistics. Config is compiled once in New; the request path only reads.
+package hcm
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	"golang.org/x/net/http2"
+
+	"github.com/skiff-mesh/skiff/dataplane/core"
+	"github.com/skiff-mesh/skiff/dataplane/route"
+	"github.com/skiff-mesh/skiff/pkg/stats"
+)
+
+// Deps are the process-wide things a connection manager uses.
+type Deps struct {
+	Clusters core.ClusterSet
+	Routes   *RouteRegistry // RDS tables by name
+	Stats    *stats.Store
+	Logger   *slog.Logger
+}
+
+// ConnectionManager serves the connections of one filter chain.
+type ConnectionManager struct {
+	cfg *config
+
+	h1   *http.Server
+	h1ln *chanListener
+	h2   *http2.Server
+	// h2base exists so Drain can reach every HTTP/2 connection: its
+	// shutdown hook (installed by http2.ConfigureServer) sends GOAWAY.
+	h2base *http.Server
+
+	draining atomic.Bool
+	closed   atomic.Bool
+	mu       sync.Mutex // guards conns; taken per connection, never per request
+	conns    map[net.Conn]struct{}
+}
+
+// config is the compiled, immutable HttpConnectionManager.
+type config struct {
+	statPrefix string
+	codec      hcmv3.HttpConnectionManager_CodecType
+	inline     *route.Table
+	rds        *atomic.Pointer[route.Table]
+	rdsName    string
+	chain      Handler
+
+	useRemote         bool
+	xffHops           int
+	skipXFF           bool
+	internal          []netip.Prefix
+	genRequestID      bool
+	preserveRequestID bool
+	alwaysRequestID   bool
+	serverName        string
+	serverMode        hcmv3.HttpConnectionManager_ServerHeaderTransformation
+	via               string
+	upgrades          map[string]bool
+
+	stats  *hcmStats
+	logs   []*accessLogger
+	logger *slog.Logger
+}
+
+// RDSName returns the RDS route configuration name cfg uses, "" when the
+// route config is inline.
+func RDSName(cfg *hcmv3.HttpConnectionManager) string {
+	return cfg.GetRds().GetRouteConfigName()
+}
+
+// New builds the connection manager of one filter chain from its
+// HttpConnectionManager config. Errors name the field.
+func New(cfg *hcmv3.HttpConnectionManager, d Deps) (*ConnectionManager, error) {
+	c, err := compile(cfg, d)
+	if err != nil {
+		return nil, fmt.Errorf("http_connection_manager %q: %w", cfg.GetStatPrefix(), err)
+	}
+	cm := &ConnectionManager{cfg: c, conns: map[net.Conn]struct{}{}}
+	idle := time.Hour
+	if t := cfg.GetCommonHttpProtocolOptions().GetIdleTimeout(); t != nil {
+		idle = t.AsDuration()
+	}
+	maxHdr := 60 << 10
+	if kb := cfg.GetMaxRequestHeadersKb(); kb != nil {
+		maxHdr = int(kb.GetValue()) << 10
+	}
+	errLog := log.New(io.Discard, "", 0)
+	cm.h1ln = newChanListener()
+	cm.h1 = &http.Server{
+		Handler:        cm,
+		IdleTimeout:    idle,
+		MaxHeaderBytes: maxHdr,
+		ErrorLog:       errLog,
+		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
+			if tc, ok := nc.(*trackedConn); ok {
+				return context.WithValue(ctx, connInfoKey{}, tc.ci)
+			}
+			return ctx
+		},
+	}
+	if t := cfg.GetRequestHeadersTimeout(); t != nil {
+		cm.h1.ReadHeaderTimeout = t.AsDuration()
+	}
+	maxStreams := uint32(1024)
+	if v := cfg.GetHttp2ProtocolOptions().GetMaxConcurrentStreams(); v != nil && v.GetValue() > 0 {
+		maxStreams = v.GetValue()
+	}
+	cm.h2 = &http2.Server{MaxConcurrentStreams: maxStreams, IdleTimeout: idle}
+	cm.h2base = &http.Server{Handler: cm, ErrorLog: errLog, MaxHeaderBytes: maxHdr}
+	if err := http2.ConfigureServer(cm.h2base, cm.h2); err != nil {
+		return nil, fmt.Errorf("http_connection_manager %q: http2_protocol_options: %w", cfg.GetStatPrefix(), err)
+	}
+	go cm.h1.Serve(cm.h1ln)
+	return cm, nil
+}
+
+func compile(cfg *hcmv3.HttpConnectionManager, d Deps) (*config, error) {
+	st := d.Stats
+	if st == nil {
+		st = stats.New()
+	}
+	logger := d.Logger
+	if logger == nil {
+		logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	c := &config{
+		statPrefix:        cfg.GetStatPrefix(),
+		codec:             cfg.GetCodecType(),
+		useRemote:         cfg.GetUseRemoteAddress().GetValue(),
+		xffHops:           int(cfg.GetXffNumTrustedHops()),
+		skipXFF:           cfg.GetSkipXffAppend(),
+		genRequestID:      cfg.GetGenerateRequestId() == nil || cfg.GetGenerateRequestId().GetValue(),
+		preserveRequestID: cfg.GetPreserveExternalRequestId(),
+		alwaysRequestID:   cfg.GetAlwaysSetRequestIdInResponse(),
+		serverName:        cfg.GetServerName(),
+		serverMode:        cfg.GetServerHeaderTransformation(),
+		via:               cfg.GetVia(),
+		upgrades:          map[string]bool{},
+		logger:            logger,
+	}
+	if c.statPrefix == "" {
+		return nil, fmt.Errorf("stat_prefix: must not be empty")
+	}
+	if c.serverName == "" {
+		c.serverName = "skiff"
+	}
+	switch c.codec {
+	case hcmv3.HttpConnectionManager_AUTO, hcmv3.HttpConnectionManager_HTTP1, hcmv3.HttpConnectionManager_HTTP2:
+	default:
+		return nil, fmt.Errorf("codec_type: %v is not supported; use AUTO, HTTP1 or HTTP2", c.codec)
+	}
+	for i, u := range cfg.GetUpgradeConfigs() {
+		if len(u.GetFilters()) > 0 {
+			return nil, fmt.Errorf("upgrade_configs[%d].filters: per-upgrade filter chains are not supported", i)
+		}
+		c.upgrades[strings.ToLower(u.GetUpgradeType())] = u.GetEnabled() == nil || u.GetEnabled().GetValue()
+	}
+	if iac := cfg.GetInternalAddressConfig(); iac != nil && len(iac.GetCidrRanges()) > 0 {
+		for i, r := range iac.GetCidrRanges() {
+			a, err := netip.ParseAddr(r.GetAddressPrefix())
+			if err != nil {
+				return nil, fmt.Errorf("internal_address_config.cidr_ranges[%d].address_prefix: %w", i, err)
+			}
+			c.internal = append(c.internal, netip.PrefixFrom(a, int(r.GetPrefixLen().GetValue())).Masked())
+		}
+	} else {
+		// Envoy's default internal addresses: RFC 1918 and IPv6 unique local.
+		for _, p := range []string{"10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7"} {
+			c.internal = append(c.internal, netip.MustParsePrefix(p))
+		}
+	}
+	switch rs := cfg.GetRouteSpecifier().(type) {
+	case *hcmv3.HttpConnectionManager_Rds:
+		if d.Routes == nil {
+			return nil, fmt.Errorf("rds: no route registry to resolve route_config_name %q", rs.Rds.GetRouteConfigName())
+		}
+		if rs.Rds.GetRouteConfigName() == "" {
+			return nil, fmt.Errorf("rds.route_config_name: must not be empty")
+		}
+		c.rdsName = rs.Rds.GetRouteConfigName()
+		c.rds = d.Routes.slot(c.rdsName)
+	case *hcmv3.HttpConnectionManager_RouteConfig:
+		t, err := route.Compile(rs.RouteConfig)
+		if err != nil {
+			return nil, fmt.Errorf("route_config: %w", err)
+		}
+		c.inline = t
+	case nil:
+		return nil, fmt.Errorf("route_specifier: one of rds or route_config is required")
+	default:
+		return nil, fmt.Errorf("route_specifier: scoped_routes is not supported; use rds or route_config")
+	}
+	c.stats = newHCMStats(st, c.statPrefix)
+	for i, al := range cfg.GetAccessLog() {
+		l, err := newAccessLogger(al)
+		if err != nil {
+			return nil, fmt.Errorf("access_log[%d] %q: %w", i, al.GetName(), err)
+		}
+		c.logs = append(c.logs, l)
+	}
+	chain, err := buildChain(cfg, c, d, st, logger)
+	if err != nil {
+		return nil, err
+	}
+	c.chain = chain
+	return c, nil
+}
+
+func (c *config) table() *route.Table {
+	if c.inline != nil {
+		return c.inline
+	}
+	return c.rds.Load()
+}
+
+// connInfoKey carries the downstream *core.ConnInfo in request contexts.
+type connInfoKey struct{}
+
+// ServeConn serves one downstream connection until it closes. It
+// implements core.ConnHandler.
+func (cm *ConnectionManager) ServeConn(c net.Conn, ci *core.ConnInfo) {
+	if ci == nil {
+		ci = &core.ConnInfo{LocalAddr: c.LocalAddr(), RemoteAddr: c.RemoteAddr()}
+	}
+	if cm.closed.Load() {
+		c.Close()
+		return
+	}
+	st := cm.cfg.stats
+	st.cxTotal.Inc()
+	st.cxActive.Inc()
+	defer st.cxActive.Dec()
+
+	h2 := cm.cfg.codec == hcmv3.HttpConnectionManager_HTTP2
+	if ci.TLS != nil && ci.TLS.NegotiatedProtocol == "h2" && cm.cfg.codec != hcmv3.HttpConnectionManager_HTTP1 {
+		h2 = true
+	}
+	if !h2 && ci.TLS == nil && cm.cfg.codec == hcmv3.HttpConnectionManager_AUTO {
+		var prior bool
+		c, prior = sniffPreface(c)
+		h2 = prior
+	}
+	tc := &trackedConn{Conn: c, ci: ci, done: make(chan struct{})}
+	cm.track(tc, true)
+	defer cm.track(tc, false)
+	if h2 {
+		st.cxHTTP2.Inc()
+		ctx := context.WithValue(context.Background(), connInfoKey{}, ci)
+		cm.h2.ServeConn(tc, &http2.ServeConnOpts{Context: ctx, BaseConfig: cm.h2base, Handler: cm})
+		tc.Close()
+		return
+	}
+	st.cxHTTP1.Inc()
+	if !cm.h1ln.push(tc) {
+		tc.Close()
+		return
+	}
+	<-tc.done
+}
+
+func (cm *ConnectionManager) track(c net.Conn, add bool) {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	if add {
+		cm.conns[c] = struct{}{}
+	} else {
+		delete(cm.conns, c)
+	}
+}
+
+// Drain winds the manager down: HTTP/1 responses carry Connection: close
+// and idle keep-alive connections are closed; HTTP/2 connections get
+// GOAWAY. Requests in flight finish.
+func (cm *ConnectionManager) Drain() {
+	if cm.draining.Swap(true) {
+		return
+	}
+	cm.h1.SetKeepAlivesEnabled(false)
+	// h2base has no listener or HTTP/1 connections: Shutdown only runs the
+	// GOAWAY hook and returns.
+	go cm.h2base.Shutdown(context.Background())
+}
+
+// Close closes every connection at once and stops the manager.
+func (cm *ConnectionManager) Close() {
+	if cm.closed.Swap(true) {
+		return
+	}
+	cm.h1.Close()
+	cm.mu.Lock()
+	conns := make([]net.Conn, 0, len(cm.conns))
+	for c := range cm.conns {
+		conns = append(conns, c)
+	}
+	cm.mu.Unlock()
+	for _, c := range conns {
+		c.Close()
+	}
+	for _, l := range cm.cfg.logs {
+		l.flush()
+	}
+}
+
+// trackedConn lets ServeConn wait for net/http to finish with the
+// connection, and carries the ConnInfo into request contexts.
+type trackedConn struct {
+	net.Conn
+	ci   *core.ConnInfo
+	once sync.Once
+	done chan struct{}
+}
+
+func (c *trackedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(func() { close(c.done) })
+	return err
+}
+
+// chanListener feeds connections handed to ServeConn to the HTTP/1 server.
+type chanListener struct {
+	ch     chan net.Conn
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newChanListener() *chanListener {
+	return &chanListener{ch: make(chan net.Conn), closed: make(chan struct{})}
+}
+
+func (l *chanListener) push(c net.Conn) bool {
+	select {
+	case l.ch <- c:
+		return true
+	case <-l.closed:
+		return false
+	}
+}
+
+func (l *chanListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.ch:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *chanListener) Close() error {
+	l.once.Do(func() { close(l.closed) })
+	return nil
+}
+
+func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+
+const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// sniffPreface tells h2c prior knowledge from HTTP/1 by the client
+// preface, reading only as far as the bytes agree so a short HTTP/1
+// request never blocks the sniff.
+func sniffPreface(c net.Conn) (net.Conn, bool) {
+	br := bufio.NewReaderSize(c, 64)
+	pc := &peekedConn{Conn: c, r: br}
+	for i := 0; i < len(h2Preface); i++ {
+		b, err := br.Peek(i + 1)
+		if err != nil || b[i] != h2Preface[i] {
+			return pc, false
+		}
+	}
+	return pc, true
+}
+
+// peekedConn replays the sniffed bytes; once they are consumed bufio reads
+// straight into the caller's buffer, so the extra layer costs no copy.
+type peekedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }

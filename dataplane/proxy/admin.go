@@ -1,0 +1,150 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"sort"
+	"strconv"
+	"time"
+
+	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	"google.golang.org/protobuf/types/known/durationpb"
+
+	"github.com/skiff-mesh/skiff/dataplane/admin"
+	"github.com/skiff-mesh/skiff/dataplane/compile"
+	"github.com/skiff-mesh/skiff/dataplane/xdstypes"
+)
+
+// startAdmin serves the admin API on the bootstrap's admin address (and
+// /stats/prometheus on PrometheusAddr when set). The returned func stops
+// them.
+func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
+	p.admin = admin.New(admin.Options{
+		Store: p.stats, Clusters: p.clusters, Listeners: p.listeners,
+		Config: admin.ConfigSourceFunc(p.configState), Control: p,
+		LogLevel: p.o.LogLevel, Version: Version, Node: p.node, StartTime: p.started,
+		CommandLine: &adminv3.CommandLineOptions{ConfigPath: p.o.ConfigPath,
+			DrainTime: durationpb.New(p.o.DrainTime), ServiceNode: p.o.ServiceNode, ServiceCluster: p.o.ServiceCluster},
+	})
+	if p.xds != nil {
+		p.admin.SetInitState(admin.Initializing)
+	}
+	go func() {
+		<-p.cfg.Ready()
+		p.admin.SetInitState(admin.Initialized)
+	}()
+	var stops []func()
+	stop := func() {
+		for _, s := range stops {
+			s()
+		}
+	}
+	if sa := p.boot.GetAdmin().GetAddress().GetSocketAddress(); sa != nil {
+		addr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+		ln, err := net.Listen("tcp", addr)
+		if err != nil {
+			return stop, fmt.Errorf("admin.address %s: %w (is another proxy running? change admin.address in %s)", addr, err, p.o.ConfigPath)
+		}
+		p.adminAddr = ln.Addr()
+		go func() {
+			if err := p.admin.Serve(ln); err != nil {
+				errc <- fmt.Errorf("admin: %w", err)
+			}
+		}()
+		stops = append(stops, func() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			p.admin.Shutdown(ctx)
+		})
+	}
+	if p.o.PrometheusAddr != "" {
+		ln, err := net.Listen("tcp", p.o.PrometheusAddr)
+		if err != nil {
+			stop()
+			return func() {}, fmt.Errorf("--prometheus-addr %s: %w", p.o.PrometheusAddr, err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/stats/prometheus", admin.PrometheusHandler(p.stats))
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("prometheus: %w", err)
+			}
+		}()
+		stops = append(stops, func() { srv.Close() })
+	}
+	return stop, nil
+}
+
+// AdminAddr is the admin API's bound address (nil without one).
+func (p *Proxy) AdminAddr() net.Addr { return p.adminAddr }
+
+// DrainListeners implements admin.Controller. Only inbound listeners are
+// drained when asked (traffic_direction INBOUND), as Envoy does.
+func (p *Proxy) DrainListeners(inboundOnly, graceful bool) {
+	if !inboundOnly {
+		go p.listeners.DrainAll()
+		return
+	}
+	st := p.cfg.Snapshot()
+	for _, set := range []map[string]*compile.Resource{st.Static[xdstypes.Listener], st.Dynamic[xdstypes.Listener]} {
+		for name, r := range set {
+			if l, ok := r.Message.(interface {
+				GetTrafficDirection() corev3.TrafficDirection
+			}); ok && l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND {
+				go p.listeners.Remove(name)
+			}
+		}
+	}
+}
+
+// SetHealthCheckFailed implements admin.Controller; /ready already follows
+// the admin server's own flag.
+func (p *Proxy) SetHealthCheckFailed(bool) {}
+
+// configState assembles /config_dump's input from the applied resources.
+func (p *Proxy) configState() *admin.ConfigState {
+	st := p.cfg.Snapshot()
+	cs := &admin.ConfigState{
+		Bootstrap: st.Bootstrap, BootstrapLoaded: p.started,
+		ClustersVersion: st.Versions[xdstypes.Cluster], ListenersVersion: st.Versions[xdstypes.Listener],
+	}
+	warmingClusters := p.clusters.Warming()
+	add := func(dst *[]admin.Resource, typeURL string, warming func(string) bool) {
+		for _, static := range []bool{true, false} {
+			set := st.Dynamic[typeURL]
+			if static {
+				set = st.Static[typeURL]
+			}
+			names := make([]string, 0, len(set))
+			for n := range set {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			for _, n := range names {
+				r := set[n]
+				state := admin.Active
+				if !static && warming != nil && warming(n) {
+					state = admin.Warming
+				}
+				*dst = append(*dst, admin.Resource{Name: n, Static: static, State: state,
+					Version: r.Version, LastUpdated: r.LastUpdated, Config: r.Message})
+			}
+		}
+	}
+	add(&cs.Clusters, xdstypes.Cluster, func(n string) bool { return slices.Contains(warmingClusters, n) })
+	add(&cs.Endpoints, xdstypes.ClusterLoadAssignment, nil)
+	add(&cs.Listeners, xdstypes.Listener, nil)
+	for n, l := range st.Warming {
+		cs.Listeners = append(cs.Listeners, admin.Resource{Name: n, State: admin.Warming,
+			Version: st.Versions[xdstypes.Listener], Config: l})
+	}
+	add(&cs.Routes, xdstypes.RouteConfiguration, nil)
+	add(&cs.Secrets, xdstypes.Secret, nil)
+	return cs
+}

@@ -1,0 +1,221 @@
+// Package proxy assembles skiff-proxy from its parts: the Envoy bootstrap,
+// the statistics store, the cluster, route and listener managers, the xDS
+// client that feeds them through the compile manager, and the admin API. It
+// owns the process's life: start, readiness, and graceful drain on
+// shutdown.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/skiff-mesh/skiff/dataplane/admin"
+	"github.com/skiff-mesh/skiff/dataplane/bootstrap"
+	"github.com/skiff-mesh/skiff/dataplane/compile"
+	"github.com/skiff-mesh/skiff/dataplane/hcm"
+	"github.com/skiff-mesh/skiff/dataplane/listener"
+	"github.com/skiff-mesh/skiff/dataplane/tlsctx"
+	"github.com/skiff-mesh/skiff/dataplane/upstream"
+	"github.com/skiff-mesh/skiff/dataplane/xdsclient"
+	"github.com/skiff-mesh/skiff/dataplane/xdstypes"
+	"github.com/skiff-mesh/skiff/pkg/stats"
+)
+
+// Version is skiff-proxy's version, reported by /server_info.
+var Version = "0.1.0-dev"
+
+// Options are skiff-proxy's command-line settings.
+type Options struct {
+	ConfigPath     string        // -c: Envoy v3 bootstrap, YAML or JSON
+	ServiceNode    string        // --service-node overrides node.id
+	ServiceCluster string        // --service-cluster overrides node.cluster
+	DrainTime      time.Duration // --drain-time-s: how long connections get to finish on shutdown
+	// PrometheusAddr, when set, serves /stats/prometheus there too (Istio's
+	// 15090), in addition to the admin address.
+	PrometheusAddr string
+	LogLevel       *slog.LevelVar
+	Logger         *slog.Logger
+	CommandLine    []string
+}
+
+// Proxy is one running skiff-proxy.
+type Proxy struct {
+	o         Options
+	log       *slog.Logger
+	boot      *bootstrapv3.Bootstrap
+	node      *corev3.Node
+	stats     *stats.Store
+	clusters  *upstream.Manager
+	routes    *hcm.RouteRegistry
+	listeners *listener.Manager
+	cfg       *compile.Manager
+	xds       *xdsclient.Client
+	started   time.Time
+	quit      chan struct{}
+	admin     *admin.Server
+	adminAddr net.Addr
+}
+
+// New loads the bootstrap and builds the proxy with its static resources in
+// place. Nothing listens yet except the static listeners, which bind here so
+// that a port conflict fails start-up with a clear error.
+func New(o Options) (*Proxy, error) {
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.LogLevel == nil {
+		o.LogLevel = new(slog.LevelVar)
+	}
+	if o.DrainTime == 0 {
+		o.DrainTime = 5 * time.Second
+	}
+	b, err := bootstrap.Load(o.ConfigPath)
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{o: o, log: o.Logger, boot: b, stats: stats.New(), started: time.Now(), quit: make(chan struct{})}
+	p.node = bootstrap.Node(b, bootstrap.NodeOverrides{ID: o.ServiceNode, Cluster: o.ServiceCluster, Version: Version})
+	p.routes = hcm.NewRouteRegistry()
+	p.cfg = compile.New(compile.Options{Routes: p.routes, Logger: p.log})
+	p.clusters = upstream.NewManager(upstream.Options{Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log})
+	p.listeners = listener.NewManager(listener.Options{
+		Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log, DrainTime: o.DrainTime,
+		Factory: &compile.ChainFactory{Clusters: p.clusters, Routes: p.routes, Stats: p.stats, Logger: p.log},
+	})
+	p.cfg.SetParts(p.clusters, p.listeners)
+	if err := p.cfg.ApplyStatic(b); err != nil {
+		p.close()
+		return nil, fmt.Errorf("%s: %w", o.ConfigPath, err)
+	}
+	if err := p.setupXDS(); err != nil {
+		p.close()
+		return nil, fmt.Errorf("%s: %w", o.ConfigPath, err)
+	}
+	return p, nil
+}
+
+// setupXDS creates the ADS client when the bootstrap has dynamic_resources.
+func (p *Proxy) setupXDS() error {
+	if p.boot.GetDynamicResources().GetAdsConfig() == nil {
+		return nil
+	}
+	addr, cl, err := bootstrap.ADSTarget(p.boot)
+	if err != nil {
+		return err
+	}
+	creds := insecure.NewCredentials()
+	if ts := cl.GetTransportSocket(); ts != nil {
+		utc, err := upstreamTLS(ts)
+		if err != nil {
+			return fmt.Errorf("cluster %q transport_socket: %w", cl.GetName(), err)
+		}
+		tc, err := tlsctx.ClientConfig(utc, p.cfg.Secrets())
+		if err != nil {
+			return fmt.Errorf("cluster %q transport_socket: %w", cl.GetName(), err)
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	dial := func(ctx context.Context) (*grpc.ClientConn, error) {
+		return grpc.NewClient("passthrough:///"+addr,
+			grpc.WithTransportCredentials(creds),
+			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+			grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
+				var d net.Dialer
+				return d.DialContext(ctx, "tcp", a)
+			}))
+	}
+	p.xds = xdsclient.New(xdsclient.Config{Dial: dial, Node: p.node, Delta: bootstrap.UsesDelta(p.boot), Handler: p.cfg, Logger: p.log})
+	p.cfg.SetSubscriber(p.xds)
+	p.xds.SubscribeWildcard(xdstypes.Cluster)
+	p.xds.SubscribeWildcard(xdstypes.Listener)
+	return nil
+}
+
+func upstreamTLS(ts *corev3.TransportSocket) (*tlsv3.UpstreamTlsContext, error) {
+	var utc tlsv3.UpstreamTlsContext
+	if err := ts.GetTypedConfig().UnmarshalTo(&utc); err != nil {
+		return nil, fmt.Errorf("typed_config: want %s: %w", "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext", err)
+	}
+	return &utc, nil
+}
+
+// Run serves until ctx ends or /quitquitquit, then drains: listeners stop
+// accepting, connections get DrainTime to finish, and the process returns.
+func (p *Proxy) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errc := make(chan error, 3)
+	adminStop, err := p.startAdmin(errc)
+	if err != nil {
+		p.close()
+		return err
+	}
+	defer adminStop()
+	if p.xds != nil {
+		go func() {
+			if err := p.xds.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
+				errc <- fmt.Errorf("xDS client: %w", err)
+			}
+		}()
+	}
+	go func() {
+		select {
+		case <-p.cfg.Ready():
+			p.log.Info("skiff-proxy ready", "listeners", p.listeners.Names(), "clusters", len(p.clusters.Names()))
+		case <-ctx.Done():
+		}
+	}()
+	select {
+	case <-ctx.Done():
+	case <-p.quit:
+	case err := <-errc:
+		p.close()
+		return err
+	}
+	p.log.Info("draining listeners", "drain_time", p.o.DrainTime)
+	p.listeners.DrainAll()
+	drainDone := time.NewTimer(p.o.DrainTime)
+	defer drainDone.Stop()
+	<-drainDone.C
+	p.close()
+	return nil
+}
+
+func (p *Proxy) close() {
+	if p.listeners != nil {
+		p.listeners.Close()
+	}
+	if p.clusters != nil {
+		p.clusters.Close()
+	}
+}
+
+// Quit asks Run to drain and return (admin /quitquitquit).
+func (p *Proxy) Quit() {
+	select {
+	case <-p.quit:
+	default:
+		close(p.quit)
+	}
+}
+
+// Stats is the proxy's statistics store.
+func (p *Proxy) Stats() *stats.Store { return p.stats }
+
+// ListenerAddr is the bound address of a listener (port 0 resolved).
+func (p *Proxy) ListenerAddr(name string) net.Addr { return p.listeners.Addr(name) }
+
+// Ready is closed once the initial configuration is in.
+func (p *Proxy) Ready() <-chan struct{} { return p.cfg.Ready() }
