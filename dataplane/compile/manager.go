@@ -45,6 +45,9 @@ type Options struct {
 	Listeners *listener.Manager
 	Routes    *hcm.RouteRegistry
 	Logger    *slog.Logger
+	// WaitForADS says the bootstrap asks for dynamic clusters and
+	// listeners, so readiness waits for the first of each.
+	WaitForADS bool
 	// ListenerWarmTimeout bounds how long a listener waits for its route
 	// configuration (Envoy's initial_fetch_timeout, 15 s by default).
 	ListenerWarmTimeout time.Duration
@@ -76,6 +79,7 @@ type Manager struct {
 	usesADS     bool
 	readyCh     chan struct{}
 	readyClosed bool
+	recheck     bool
 }
 
 // New makes a manager. Call SetSubscriber before the xDS client runs.
@@ -95,6 +99,7 @@ func New(o Options) *Manager {
 		warmSince: map[string]time.Time{},
 		received:  map[string]bool{},
 		readyCh:   make(chan struct{}),
+		usesADS:   o.WaitForADS,
 	}
 }
 
@@ -107,14 +112,11 @@ func (m *Manager) SetParts(clusters *upstream.Manager, listeners *listener.Manag
 	m.o.Clusters, m.o.Listeners = clusters, listeners
 }
 
-// SetSubscriber connects the manager to the xDS client; usesADS says the
-// bootstrap asks for dynamic clusters and listeners, so readiness waits for
-// them.
+// SetSubscriber connects the manager to the xDS client.
 func (m *Manager) SetSubscriber(s Subscriber) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	m.sub = s
-	m.usesADS = s != nil
 }
 
 // Ready is closed once the first clusters, endpoints, listeners and routes
@@ -502,7 +504,21 @@ func (m *Manager) checkReady() {
 	if m.usesADS && (!m.received[clusterType] || !m.received[listenerType]) {
 		return
 	}
-	if len(m.o.Clusters.Warming()) > 0 || len(m.warming) > 0 {
+	if len(m.warming) > 0 {
+		return // promoteWarming or warmTimeout calls again
+	}
+	if len(m.o.Clusters.Warming()) > 0 {
+		// Clusters warm on their own (DNS answers, first EDS); look again
+		// shortly rather than couple the cluster manager to this one.
+		if !m.recheck {
+			m.recheck = true
+			time.AfterFunc(50*time.Millisecond, func() {
+				m.mu.Lock()
+				defer m.mu.Unlock()
+				m.recheck = false
+				m.checkReady()
+			})
+		}
 		return
 	}
 	m.readyClosed = true

@@ -10,8 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
@@ -106,16 +106,18 @@ func compileFault(pb *faultv3.HTTPFault) (*faultConfig, error) {
 		fc.hasAbort = true
 		fc.abortPct = newFraction(ab.GetPercentage())
 		fc.abortBody = ab.GetResponseBody()
-		switch {
-		case ab.GetHeaderAbort() != nil:
+		switch et := ab.GetErrorType().(type) {
+		case *faultv3.FaultAbort_HeaderAbort_:
 			fc.headerAbort = true
-		case ab.GetGrpcStatus() != 0 || ab.GetErrorType() != nil && ab.GetHttpStatus() == 0:
-			fc.abortGRPC = int(ab.GetGrpcStatus())
-		default:
-			if s := ab.GetHttpStatus(); s < 200 || s > 599 {
+		case *faultv3.FaultAbort_GrpcStatus:
+			fc.abortGRPC = int(et.GrpcStatus)
+		case *faultv3.FaultAbort_HttpStatus:
+			if s := et.HttpStatus; s < 200 || s > 599 {
 				return nil, fmt.Errorf("abort.http_status: %d is not in [200, 600)", s)
 			}
-			fc.abortHTTP = int(ab.GetHttpStatus())
+			fc.abortHTTP = int(et.HttpStatus)
+		default:
+			return nil, errors.New("abort: one of http_status, grpc_status or header_abort is required")
 		}
 	}
 	if m := pb.GetMaxActiveFaults(); m != nil {

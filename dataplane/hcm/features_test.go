@@ -2,12 +2,14 @@ package hcm
 
 import (
 	"bufio"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -281,6 +283,37 @@ func TestDrainHTTP1AndHTTP2(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("in-flight h2 stream never finished")
 	}
+	// GOAWAY made the client open a new connection for the next stream.
+	resp, err := (&http.Client{Transport: h2}).Get(e.url("/after"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if got := e.counter("http.inbound_0.0.0.0_80.downstream_cx_http2_total"); got != 2 {
+		t.Errorf("h2 connections after drain: %d, want 2 (GOAWAY forces a new one)", got)
+	}
+}
+
+func TestHashPolicyReachesLoadBalancer(t *testing.T) {
+	e := newEnv(t)
+	e.upstream("ring", echo("a"))
+	e.upstream("ring", echo("b"))
+	a := clusterAction("ring")
+	a.HashPolicy = []*routev3.RouteAction_HashPolicy{{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: "x-user"}}}}
+	e.start(hcmConfig(t, simpleRoutes(actionRoute("/", a))))
+	hashOf := func(user string) (uint64, string) {
+		resp, _ := e.get("/", "X-User", user)
+		return e.clusters["ring"].lastHash.Load(), resp.Header.Get("X-Upstream")
+	}
+	h1, up1 := hashOf("alice")
+	for i := 0; i < 5; i++ {
+		if h, up := hashOf("alice"); h != h1 || up != up1 {
+			t.Fatalf("same key: hash %d→%d upstream %s→%s", h1, h, up1, up)
+		}
+	}
+	if h2, _ := hashOf("bob"); h2 == h1 {
+		t.Errorf("different keys hashed alike (%d)", h1)
+	}
 }
 
 func TestConfigErrors(t *testing.T) {
@@ -308,5 +341,64 @@ func TestConfigErrors(t *testing.T) {
 		AccessLogFormat: &filev3.FileAccessLog_LogFormat{LogFormat: &corev3.SubstitutionFormatString{Format: &corev3.SubstitutionFormatString_TextFormat{TextFormat: "%NOT_A_COMMAND%"}}}})}}}
 	if _, err := New(cfg, Deps{Clusters: e.clusters}); err == nil || !strings.Contains(err.Error(), `access_log[0] "f": typed_config.log_format: text_format: unknown command "NOT_A_COMMAND"`) {
 		t.Errorf("bad log format: %v", err)
+	}
+}
+
+func TestForwardClientCertDetails(t *testing.T) {
+	for _, tc := range []struct {
+		mode hcmv3.HttpConnectionManager_ForwardClientCertDetails
+		mtls bool
+		want string // "" = header absent; "prior" = as sent; "new" = only this hop; "both"
+	}{
+		{hcmv3.HttpConnectionManager_SANITIZE, true, ""},
+		{hcmv3.HttpConnectionManager_FORWARD_ONLY, true, "prior"},
+		{hcmv3.HttpConnectionManager_APPEND_FORWARD, true, "both"},
+		{hcmv3.HttpConnectionManager_SANITIZE_SET, true, "new"},
+		{hcmv3.HttpConnectionManager_APPEND_FORWARD, false, ""},
+		{hcmv3.HttpConnectionManager_ALWAYS_FORWARD_ONLY, false, "prior"},
+	} {
+		t.Run(tc.mode.String()+map[bool]string{true: "/mtls", false: "/plain"}[tc.mtls], func(t *testing.T) {
+			e := newEnv(t)
+			e.upstream("backend", echo("backend"))
+			cfg := hcmConfig(t, simpleRoutes(prefixRoute("/", "backend")))
+			cfg.ForwardClientCertDetails = tc.mode
+			cfg.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{Subject: wrapperspb.Bool(true), Uri: true, Dns: true}
+			e.start(cfg)
+			conf := &tls.Config{InsecureSkipVerify: true}
+			if tc.mtls {
+				conf.Certificates = []tls.Certificate{selfSigned(t, "spiffe://cluster.local/ns/default/sa/client")}
+			}
+			tr := &http.Transport{TLSClientConfig: conf}
+			defer tr.CloseIdleConnections()
+			req, _ := http.NewRequest("GET", "https://"+e.tlsAddr+"/", nil)
+			const prior = "Hash=abc;URI=spiffe://cluster.local/ns/default/sa/front"
+			req.Header.Set("X-Forwarded-Client-Cert", prior)
+			resp, err := (&http.Client{Transport: tr}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			got := resp.Header.Get("Seen-X-Forwarded-Client-Cert")
+			mine := regexp.MustCompile(`^Hash=[0-9a-f]{64};Subject="CN=skiff-test";URI=spiffe://cluster.local/ns/default/sa/client;DNS=localhost$`)
+			switch tc.want {
+			case "":
+				if got != "" {
+					t.Errorf("xfcc %q, want none", got)
+				}
+			case "prior":
+				if got != prior {
+					t.Errorf("xfcc %q, want %q", got, prior)
+				}
+			case "new":
+				if !mine.MatchString(got) {
+					t.Errorf("xfcc %q", got)
+				}
+			case "both":
+				p, rest, _ := strings.Cut(got, ",")
+				if p != prior || !mine.MatchString(rest) {
+					t.Errorf("xfcc %q", got)
+				}
+			}
+		})
 	}
 }

@@ -121,14 +121,10 @@ func TestGRPCUnaryStreamingAndLocalReplies(t *testing.T) {
 	}
 
 	// A local reply to a gRPC request is a trailers-only UNAVAILABLE.
-	var trailer, header = map[string][]string{}, map[string][]string{}
-	_ = trailer
-	_ = header
 	err = conn.Invoke(ctx, "/other.Service/Method", &healthpb.HealthCheckRequest{}, &healthpb.HealthCheckResponse{})
 	if st, _ := status.FromError(err); st.Code() != codes.Unavailable {
 		t.Fatalf("no cluster for gRPC: %v, want Unavailable", err)
 	}
-	_ = routev3.RouteAction_Cluster{}
 }
 
 func TestGRPCTimeoutHeaderHonoured(t *testing.T) {

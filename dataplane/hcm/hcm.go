@@ -62,7 +62,6 @@ type config struct {
 	codec      hcmv3.HttpConnectionManager_CodecType
 	inline     *route.Table
 	rds        *atomic.Pointer[route.Table]
-	rdsName    string
 	chain      Handler
 
 	useRemote         bool
@@ -76,10 +75,10 @@ type config struct {
 	serverMode        hcmv3.HttpConnectionManager_ServerHeaderTransformation
 	via               string
 	upgrades          map[string]bool
+	xfcc              xfccConfig
 
-	stats  *hcmStats
-	logs   []*accessLogger
-	logger *slog.Logger
+	stats *hcmStats
+	logs  []*accessLogger
 }
 
 // RDSName returns the RDS route configuration name cfg uses, "" when the
@@ -156,7 +155,7 @@ func compile(cfg *hcmv3.HttpConnectionManager, d Deps) (*config, error) {
 		serverMode:        cfg.GetServerHeaderTransformation(),
 		via:               cfg.GetVia(),
 		upgrades:          map[string]bool{},
-		logger:            logger,
+		xfcc:              newXFCC(cfg),
 	}
 	if c.statPrefix == "" {
 		return nil, fmt.Errorf("stat_prefix: must not be empty")
@@ -197,8 +196,7 @@ func compile(cfg *hcmv3.HttpConnectionManager, d Deps) (*config, error) {
 		if rs.Rds.GetRouteConfigName() == "" {
 			return nil, fmt.Errorf("rds.route_config_name: must not be empty")
 		}
-		c.rdsName = rs.Rds.GetRouteConfigName()
-		c.rds = d.Routes.slot(c.rdsName)
+		c.rds = d.Routes.slot(rs.Rds.GetRouteConfigName())
 	case *hcmv3.HttpConnectionManager_RouteConfig:
 		t, err := route.Compile(rs.RouteConfig)
 		if err != nil {

@@ -29,7 +29,7 @@ func echo(name string) http.HandlerFunc {
 		w.Header().Set("X-Seen-Path", r.URL.RequestURI())
 		w.Header().Set("X-Seen-Host", r.Host)
 		for _, k := range []string{"X-Request-Id", "X-Forwarded-For", "X-Forwarded-Proto", "X-Envoy-Expected-Rq-Timeout-Ms",
-			"X-Envoy-Original-Path", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Envoy-Retry-On", "Via", "X-Envoy-Attempt-Count", "Connection", "Keep-Alive", "X-Custom"} {
+			"X-Envoy-Original-Path", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Envoy-Retry-On", "Via", "X-Envoy-Attempt-Count", "Connection", "Keep-Alive", "X-Custom", "X-Forwarded-Client-Cert"} {
 			if v := r.Header.Values(k); len(v) > 0 {
 				w.Header()["Seen-"+k] = v
 			}

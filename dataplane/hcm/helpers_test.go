@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -137,9 +138,9 @@ func (c *testCluster) AcquireRequest() bool {
 	}
 	return true
 }
-func (c *testCluster) ReleaseRequest()            { c.active.Add(-1) }
-func (c *testCluster) AcquireRetry() bool         { return c.maxRetries >= 0 }
-func (c *testCluster) ReleaseRetry()              {}
+func (c *testCluster) ReleaseRequest()           { c.active.Add(-1) }
+func (c *testCluster) AcquireRetry() bool        { return c.maxRetries >= 0 }
+func (c *testCluster) ReleaseRetry()             {}
 func (c *testCluster) Stats() *core.ClusterStats { return c.stats }
 
 type testClusters map[string]*testCluster
@@ -153,7 +154,7 @@ func (m testClusters) Cluster(name string) core.Cluster {
 
 // env is one connection manager under test with its upstreams.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	store    *stats.Store
 	clusters testClusters
 	cm       *ConnectionManager
@@ -163,7 +164,7 @@ type env struct {
 	client   *http.Client
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	return &env{t: t, store: stats.New(), clusters: testClusters{}, routes: NewRouteRegistry()}
 }
 
@@ -234,7 +235,7 @@ func (e *env) start(cfg *hcmv3.HttpConnectionManager) *ConnectionManager {
 				return
 			}
 			go func() {
-				tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}})
+				tc := tls.Server(c, &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"h2", "http/1.1"}, ClientAuth: tls.RequestClientCert})
 				if err := tc.Handshake(); err != nil {
 					c.Close()
 					return
@@ -279,7 +280,7 @@ func (e *env) get(path string, hdr ...string) (*http.Response, string) {
 
 func (e *env) counter(name string) uint64 { return e.store.CounterValue(name) }
 
-func readAll(t *testing.T, resp *http.Response) string {
+func readAll(t testing.TB, resp *http.Response) string {
 	t.Helper()
 	var b []byte
 	buf := make([]byte, 4096)
@@ -293,8 +294,13 @@ func readAll(t *testing.T, resp *http.Response) string {
 	return string(b)
 }
 
-func selfSigned(t *testing.T) tls.Certificate {
+func selfSigned(t testing.TB, uris ...string) tls.Certificate {
 	t.Helper()
+	var us []*url.URL
+	for _, u := range uris {
+		pu, _ := url.Parse(u)
+		us = append(us, pu)
+	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -302,8 +308,8 @@ func selfSigned(t *testing.T) tls.Certificate {
 	tmpl := &x509.Certificate{
 		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "skiff-test"},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"},
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, DNSNames: []string{"localhost"}, URIs: us,
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
 	if err != nil {

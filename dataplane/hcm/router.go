@@ -446,6 +446,9 @@ func (rt *router) respond(s *Stream, e *route.Entry, resp *http.Response) {
 		h[k] = v
 	}
 	removeHopByHop(h, false)
+	if _, ok := h[hdrContentType]; !ok {
+		h[hdrContentType] = nil // a proxy passes bodies as they are: no content sniffing
+	}
 	if !rt.suppress {
 		h[hdrServiceTime] = []string{strconv.FormatInt(s.upstreamDur.Milliseconds(), 10)}
 	}

@@ -209,6 +209,7 @@ func (c *config) mutateRequestHeaders(s *Stream) {
 	} else if len(h[hdrXFP]) == 0 {
 		h[hdrXFP] = schemeValue(s.Conn)
 	}
+	c.xfcc.apply(h, s.Conn)
 	if c.genRequestID {
 		if id := h[hdrRequestID]; len(id) == 0 || id[0] == "" || (external && !c.preserveRequestID) {
 			h[hdrRequestID] = []string{newUUID()}

@@ -86,7 +86,13 @@ func (s *Stream) WriteHeader(code int) {
 	for i := 0; i < s.nhooks; i++ {
 		s.hooks[i].OnResponseHeaders(s, code)
 	}
-	s.cm.cfg.finishResponseHeaders(h)
+	c := s.cm.cfg
+	c.finishResponseHeaders(h)
+	if c.alwaysRequestID {
+		if id := s.Req.Header[hdrRequestID]; len(id) > 0 {
+			h[hdrRequestID] = id
+		}
+	}
 	s.w.WriteHeader(code)
 }
 

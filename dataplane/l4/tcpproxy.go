@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -41,6 +42,7 @@ type TCPProxy struct {
 	maxAttempts     int
 	maxDuration     time.Duration // 0: none
 	checkDrainClose bool
+	hashSourceIP    bool // hash_policy source_ip: consistent-hash clusters key on the client address
 	stats           *Stats
 	observer        Observer
 
@@ -192,6 +194,12 @@ func NewTCPProxy(cfg *tcpv3.TcpProxy, clusters core.ClusterSet, st *stats.Store)
 		}
 		p.maxAttempts = int(a.GetValue())
 	}
+	for i, hp := range cfg.GetHashPolicy() {
+		if hp.GetSourceIp() == nil {
+			return nil, fmt.Errorf("tcp_proxy %q: hash_policy[%d]: only source_ip is supported", p.statPrefix, i)
+		}
+		p.hashSourceIP = true
+	}
 	if d := cfg.GetMaxDownstreamConnectionDuration(); d != nil {
 		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
 			return nil, fmt.Errorf("tcp_proxy %q: max_downstream_connection_duration: invalid duration", p.statPrefix)
@@ -263,9 +271,17 @@ func (p *TCPProxy) connect(s *Session) (net.Conn, error) {
 		s.Flags |= core.NoClusterFound
 		return nil, fmt.Errorf("cluster %q not found", s.Cluster)
 	}
+	lb := &core.LBContext{Downstream: s.Info}
+	if p.hashSourceIP {
+		if ta, ok := s.Info.RemoteAddr.(*net.TCPAddr); ok {
+			h := fnv.New64a()
+			h.Write(ta.IP)
+			lb.Hash, lb.HasHash = h.Sum64(), true
+		}
+	}
 	var lastErr error
 	for attempt := 0; attempt < p.maxAttempts; attempt++ {
-		h := cl.ChooseHost(&core.LBContext{Downstream: s.Info})
+		h := cl.ChooseHost(lb)
 		if h == nil {
 			cl.Stats().CxNoneHealthy.Inc()
 			s.Flags |= core.NoHealthyUpstream

@@ -50,10 +50,13 @@ type listenerFilter struct {
 
 // chain is a compiled filter chain.
 type chain struct {
-	name    string
-	match   *chainMatch
-	tls     *tls.Config // nil: plaintext
-	handler core.ConnHandler
+	name  string
+	match *chainMatch
+	tls   *tls.Config // nil: plaintext
+	// handshakeTimeout is transport_socket_connect_timeout; 0: none (the
+	// drain force-close still ends a stalled handshake).
+	handshakeTimeout time.Duration
+	handler          core.ConnHandler
 }
 
 // compiled is one immutable version of a listener's config.
@@ -175,6 +178,12 @@ func (m *Manager) compileChain(l *listenerv3.Listener, fc *listenerv3.FilterChai
 			}
 			if ch.tls, err = tlsctx.ServerConfig(dtc, m.o.Secrets); err != nil {
 				return nil, fmt.Errorf("transport_socket.typed_config.%v", err)
+			}
+			if d := fc.GetTransportSocketConnectTimeout(); d != nil {
+				if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+					return nil, errors.New("transport_socket_connect_timeout: invalid duration")
+				}
+				ch.handshakeTimeout = d.AsDuration()
 			}
 		case typeURL == rawBufferType || (typeURL == "" && ts.GetName() == rawTransportName):
 		default:

@@ -19,6 +19,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -173,7 +174,6 @@ func TestChainSelectionByAddresses(t *testing.T) {
 			}
 			continue
 		}
-		t.Logf("case %s", tc.dst)
 		s := f.next(t)
 		if s.chain != tc.want || s.info.OriginalDst.String() != tc.dst {
 			t.Errorf("%s: chain %q (original dst %v), want %q", tc.dst, s.chain, s.info.OriginalDst, tc.want)
@@ -599,4 +599,49 @@ func waitFor(t *testing.T, cond func() bool) {
 		}
 	}
 	t.Fatal("condition not met within 5s")
+}
+
+// filter_disabled turns a listener filter off by destination port (Istio
+// disables http_inspector on some ports); transport_socket_connect_timeout
+// bounds a TLS handshake that never starts.
+func TestFilterDisabledAndHandshakeTimeout(t *testing.T) {
+	f := newFactory()
+	od, queue := queueOriginalDst()
+	m := newTestManager(t, f, Options{OriginalDst: od})
+	certPEM, keyPEM, _ := serverCert(t, "svc")
+	httpInsp := lf(httpInspectorName)
+	httpInsp.FilterDisabled = &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_NotMatch{
+		NotMatch: &listenerv3.ListenerFilterChainMatchPredicate{Rule: &listenerv3.ListenerFilterChainMatchPredicate_DestinationPortRange{
+			DestinationPortRange: &typev3.Int32Range{Start: 9080, End: 9081}}}}}
+	l := &listenerv3.Listener{Name: "in", Address: sockAddr("127.0.0.1", 0),
+		ListenerFilters: []*listenerv3.ListenerFilter{lf(originalDstName), httpInsp},
+		FilterChains:    []*listenerv3.FilterChain{fchain("any", nil)}}
+	if err := m.AddOrUpdate(l); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		dst, alpn string
+	}{{"198.18.0.1:9080", "http/1.1"}, {"198.18.0.1:9090", ""}} {
+		queue <- net.TCPAddrFromAddrPort(mustAddrPort(tc.dst))
+		c := dialListener(t, m, "in")
+		io.WriteString(c, "GET / HTTP/1.1\r\n\r\n")
+		if s := f.next(t); strings.Join(s.info.ALPN, ",") != tc.alpn {
+			t.Errorf("%s: ALPN %v, want %q", tc.dst, s.info.ALPN, tc.alpn)
+		}
+	}
+
+	tlsChain := fchain("tls", nil)
+	tlsChain.TransportSocket = tlsTransport(certPEM, keyPEM)
+	tlsChain.TransportSocketConnectTimeout = durationpb.New(200 * time.Millisecond)
+	if err := m.AddOrUpdate(&listenerv3.Listener{Name: "tls", Address: sockAddr("127.0.0.1", 0), FilterChains: []*listenerv3.FilterChain{tlsChain}}); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	c := dialListener(t, m, "tls")
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err == nil || isTimeout(err) {
+		t.Errorf("silent TLS client: read %d, %v; want the proxy to close", n, err)
+	}
+	if el := time.Since(start); el < 150*time.Millisecond || el > 5*time.Second {
+		t.Errorf("handshake abandoned after %v, want about 200ms", el)
+	}
 }

@@ -103,7 +103,7 @@ type generation struct {
 
 type listenerStats struct {
 	cxTotal, cxDestroy, noChain, preTimeout *stats.Counter
-	cxActive                                *stats.Gauge
+	cxActive, preActive                     *stats.Gauge
 }
 
 // NewManager returns a Manager with no listeners.
@@ -396,7 +396,7 @@ func (m *Manager) newGeneration(c *compiled) *generation {
 	return &generation{c: c, conns: map[net.Conn]struct{}{}, st: &listenerStats{
 		cxTotal: sc.Counter("downstream_cx_total"), cxDestroy: sc.Counter("downstream_cx_destroy"),
 		noChain: sc.Counter("no_filter_chain_match"), preTimeout: sc.Counter("downstream_pre_cx_timeout"),
-		cxActive: sc.Gauge("downstream_cx_active"),
+		cxActive: sc.Gauge("downstream_cx_active"), preActive: sc.Gauge("downstream_pre_cx_active"),
 	}}
 }
 
@@ -510,56 +510,47 @@ func (a *active) acceptLoop(ln net.Listener) {
 }
 
 // serveConn runs one connection through listener filters, hand-off, chain
-// selection and TLS, then gives it to the chain's handler.
+// selection and TLS, then gives it to the chain's handler. As in Envoy, a
+// connection counts in downstream_cx_* only once a filter chain takes it,
+// and only on the listener that serves it.
 func (m *Manager) serveConn(a *active, raw net.Conn) {
 	info := &core.ConnInfo{ListenerName: a.name, LocalAddr: raw.LocalAddr(), RemoteAddr: raw.RemoteAddr()}
 	g := a.cur.Load()
-	if !g.open(raw) {
-		return
-	}
-	conn, ok := m.runFilters(g, raw, info)
+	conn, ok := m.preConn(g, raw, raw, info)
 	if !ok {
-		g.done(raw)
-		raw.Close()
 		return
 	}
 	if g.c.useOriginalDst && info.OriginalDst != nil {
 		if t := m.lookup(info.OriginalDst); t != nil && t != a {
 			// The connection now belongs to the target listener, so an
 			// update of this one (virtualOutbound) does not drain it.
-			g.done(raw)
+			g.untrack(raw)
 			g = t.cur.Load()
-			if !g.open(raw) {
-				return
-			}
 			info.ListenerName = t.name
-			if conn, ok = m.runFilters(g, conn, info); !ok {
-				g.done(raw)
-				raw.Close()
+			if conn, ok = m.preConn(g, raw, conn, info); !ok {
 				return
 			}
 		}
 	}
 	m.serveChain(g, raw, conn, info)
-	g.done(raw)
+	g.untrack(raw)
 }
 
-// open counts and tracks a connection on g; false (and closed) when g was
-// already force-closed.
-func (g *generation) open(raw net.Conn) bool {
-	g.st.cxTotal.Inc()
+// preConn tracks raw on g (so a drain can close it) and runs g's listener
+// filters; false when the connection was closed.
+func (m *Manager) preConn(g *generation, raw, conn net.Conn, info *core.ConnInfo) (net.Conn, bool) {
 	if !g.track(raw) {
 		raw.Close()
-		return false
+		return nil, false
 	}
-	g.st.cxActive.Inc()
-	return true
-}
-
-func (g *generation) done(raw net.Conn) {
-	g.untrack(raw)
-	g.st.cxActive.Dec()
-	g.st.cxDestroy.Inc()
+	g.st.preActive.Inc()
+	out, ok := m.runFilters(g, conn, info)
+	g.st.preActive.Dec()
+	if !ok {
+		g.untrack(raw)
+		raw.Close()
+	}
+	return out, ok
 }
 
 func (m *Manager) serveChain(g *generation, raw, conn net.Conn, info *core.ConnInfo) {
@@ -570,11 +561,21 @@ func (m *Manager) serveChain(g *generation, raw, conn net.Conn, info *core.ConnI
 		raw.Close()
 		return
 	}
+	g.st.cxTotal.Inc()
+	g.st.cxActive.Inc()
+	defer func() {
+		g.st.cxActive.Dec()
+		g.st.cxDestroy.Inc()
+	}()
 	info.FilterChainName = ch.name
 	if ch.tls != nil {
 		tc := tls.Server(conn, ch.tls)
-		// The drain force-close ends a stalled handshake; no extra timer.
-		if err := tc.Handshake(); err != nil {
+		if ch.handshakeTimeout > 0 {
+			conn.SetDeadline(time.Now().Add(ch.handshakeTimeout))
+		}
+		err := tc.Handshake()
+		conn.SetDeadline(time.Time{})
+		if err != nil {
 			m.log.Debug("TLS handshake failed", "listener", info.ListenerName, "chain", ch.name, "error", err)
 			raw.Close()
 			return

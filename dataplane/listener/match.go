@@ -102,7 +102,9 @@ func addrPort(a net.Addr) netip.AddrPort {
 // Selection keeps only the best-scoring chains at each step, in Envoy's
 // order, so a specific match never falls back to a less specific chain at
 // a later step (Envoy's filter chain match tree behaves the same way).
-// destination_port, the first step, is a map lookup in chainSelector.
+// destination_port, the first step, is a map lookup in chainSelector; the
+// destination IP step must stay first in this list (selectChain skips it
+// after an exact-address hit).
 var criteria = []func(*chainMatch, *matchInput) int{
 	func(m *chainMatch, in *matchInput) int { return prefixScore(m.prefixes, in.dst.Addr()) },
 	func(m *chainMatch, in *matchInput) int { return serverNameScore(m.serverNames, in.sni) },
@@ -190,18 +192,38 @@ func serverNameScore(names []string, sni string) int {
 // chainSelector picks a filter chain; built once per listener config.
 type chainSelector struct {
 	chains []*chain
-	byPort map[uint32][]int // chains naming a destination port
-	noPort []int            // chains without one
+	byPort map[uint32]*portBucket // chains naming a destination port
+	noPort *portBucket            // chains without one
 	def    *chain
 }
 
+// portBucket holds the chains of one destination port. Chains whose
+// prefix_ranges include a single address (Istio's per-VIP outbound chains
+// use /32) are also indexed by that address: an exact hit is the longest
+// possible prefix, so the destination IP step becomes a map lookup.
+type portBucket struct {
+	all   []int
+	hosts map[netip.Addr][]int
+}
+
 func newSelector(chains []*chain, def *chain) *chainSelector {
-	s := &chainSelector{chains: chains, byPort: map[uint32][]int{}, def: def}
+	s := &chainSelector{chains: chains, byPort: map[uint32]*portBucket{}, noPort: &portBucket{}, def: def}
 	for i, c := range chains {
-		if c.match.port == 0 {
-			s.noPort = append(s.noPort, i)
-		} else {
-			s.byPort[c.match.port] = append(s.byPort[c.match.port], i)
+		b := s.noPort
+		if c.match.port != 0 {
+			if b = s.byPort[c.match.port]; b == nil {
+				b = &portBucket{}
+				s.byPort[c.match.port] = b
+			}
+		}
+		b.all = append(b.all, i)
+		for _, p := range c.match.prefixes {
+			if p.IsSingleIP() {
+				if b.hosts == nil {
+					b.hosts = map[netip.Addr][]int{}
+				}
+				b.hosts[p.Addr()] = append(b.hosts[p.Addr()], i)
+			}
 		}
 	}
 	return s
@@ -210,16 +232,17 @@ func newSelector(chains []*chain, def *chain) *chainSelector {
 // selectChain runs Envoy's filter chain match; nil when nothing matches and
 // there is no default chain.
 func (s *chainSelector) selectChain(in *matchInput) *chain {
-	// The destination port step is a map lookup; the others narrow the
-	// (usually short) candidate list.
-	cands, ok := s.byPort[uint32(in.dst.Port())]
+	b, ok := s.byPort[uint32(in.dst.Port())]
 	if !ok {
-		cands = s.noPort
+		b = s.noPort
 	}
-	var buf [16]int
+	cands, steps := b.all, criteria
+	if hit, ok := b.hosts[in.dst.Addr()]; ok {
+		cands, steps = hit, criteria[1:]
+	}
+	var buf, scores [16]int
 	cur := append(buf[:0], cands...)
-	var scores [16]int
-	for _, crit := range criteria {
+	for _, crit := range steps {
 		if len(cur) == 0 {
 			break
 		}

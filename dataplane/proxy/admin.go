@@ -44,13 +44,7 @@ func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
 			s()
 		}
 	}
-	if sa := p.boot.GetAdmin().GetAddress().GetSocketAddress(); sa != nil {
-		addr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
-		ln, err := net.Listen("tcp", addr)
-		if err != nil {
-			return stop, fmt.Errorf("admin.address %s: %w (is another proxy running? change admin.address in %s)", addr, err, p.o.ConfigPath)
-		}
-		p.adminAddr = ln.Addr()
+	if ln := p.adminLn; ln != nil {
 		go func() {
 			if err := p.admin.Serve(ln); err != nil {
 				errc <- fmt.Errorf("admin: %w", err)
@@ -81,8 +75,29 @@ func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
 	return stop, nil
 }
 
+// listenAdmin binds the bootstrap's admin address, so that a port in use
+// fails start-up with a clear error before anything serves.
+func (p *Proxy) listenAdmin() error {
+	sa := p.boot.GetAdmin().GetAddress().GetSocketAddress()
+	if sa == nil {
+		return nil
+	}
+	addr := net.JoinHostPort(sa.GetAddress(), strconv.Itoa(int(sa.GetPortValue())))
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return fmt.Errorf("admin.address %s: %w (another proxy running? change admin.address)", addr, err)
+	}
+	p.adminLn = ln
+	return nil
+}
+
 // AdminAddr is the admin API's bound address (nil without one).
-func (p *Proxy) AdminAddr() net.Addr { return p.adminAddr }
+func (p *Proxy) AdminAddr() net.Addr {
+	if p.adminLn == nil {
+		return nil
+	}
+	return p.adminLn.Addr()
+}
 
 // DrainListeners implements admin.Controller. Only inbound listeners are
 // drained when asked (traffic_direction INBOUND), as Envoy does.

@@ -65,7 +65,7 @@ type Proxy struct {
 	started   time.Time
 	quit      chan struct{}
 	admin     *admin.Server
-	adminAddr net.Addr
+	adminLn   net.Listener
 }
 
 // New loads the bootstrap and builds the proxy with its static resources in
@@ -88,7 +88,8 @@ func New(o Options) (*Proxy, error) {
 	p := &Proxy{o: o, log: o.Logger, boot: b, stats: stats.New(), started: time.Now(), quit: make(chan struct{})}
 	p.node = bootstrap.Node(b, bootstrap.NodeOverrides{ID: o.ServiceNode, Cluster: o.ServiceCluster, Version: Version})
 	p.routes = hcm.NewRouteRegistry()
-	p.cfg = compile.New(compile.Options{Routes: p.routes, Logger: p.log})
+	p.cfg = compile.New(compile.Options{Routes: p.routes, Logger: p.log,
+		WaitForADS: b.GetDynamicResources().GetAdsConfig() != nil})
 	p.clusters = upstream.NewManager(upstream.Options{Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log})
 	p.listeners = listener.NewManager(listener.Options{
 		Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log, DrainTime: o.DrainTime,
@@ -96,6 +97,10 @@ func New(o Options) (*Proxy, error) {
 	})
 	p.cfg.SetParts(p.clusters, p.listeners)
 	if err := p.cfg.ApplyStatic(b); err != nil {
+		p.close()
+		return nil, fmt.Errorf("%s: %w", o.ConfigPath, err)
+	}
+	if err := p.listenAdmin(); err != nil {
 		p.close()
 		return nil, fmt.Errorf("%s: %w", o.ConfigPath, err)
 	}
@@ -194,6 +199,9 @@ func (p *Proxy) Run(ctx context.Context) error {
 }
 
 func (p *Proxy) close() {
+	if p.adminLn != nil {
+		p.adminLn.Close()
+	}
 	if p.listeners != nil {
 		p.listeners.Close()
 	}

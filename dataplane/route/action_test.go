@@ -1,11 +1,15 @@
 package route
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
@@ -88,9 +92,13 @@ virtual_hosts:
 - name: vh
   domains: ["*"]
   retry_policy: {retry_on: "5xx", num_retries: 7}
+  include_request_attempt_count: true
+  include_attempt_count_in_response: true
+  per_request_buffer_limit_bytes: 1024
   routes:
   - name: full
     match: {prefix: /full}
+    request_body_buffer_limit: 65536
     decorator: {operation: "reviews.default:9080/*"}
     route:
       cluster: c
@@ -155,6 +163,9 @@ virtual_hosts:
 	a2 := tb.Select(httptest.NewRequest("GET", "http://h/other", nil)).Action
 	if a2.Retry == nil || a2.Retry.NumRetries != 7 || a2.Retry.On != Retry5xx {
 		t.Errorf("virtual host retry policy not inherited: %+v", a2.Retry)
+	}
+	if a.BufferLimit != 65536 || a2.BufferLimit != 1024 || !a2.IncludeAttemptCount || !a2.IncludeAttemptCountInResponse {
+		t.Errorf("buffer limits %d %d, attempt counts %v %v", a.BufferLimit, a2.BufferLimit, a2.IncludeAttemptCount, a2.IncludeAttemptCountInResponse)
 	}
 	if !a2.AutoHostRewrite || a2.MaxGRPCTimeout == nil || *a2.MaxGRPCTimeout != 5*time.Second || a2.Upgrades != nil {
 		t.Errorf("inherit route: %+v", a2)
@@ -436,9 +447,19 @@ virtual_hosts:
     route:
       cluster: c
       cors: {allow_origin_string_match: [{prefix: "http://localhost"}], filter_enabled: {default_value: {numerator: 0}}}
+  - name: wrapped
+    match: {prefix: /w}
+    typed_per_filter_config:
+      envoy.filters.http.cors:
+        "@type": type.googleapis.com/envoy.config.route.v3.FilterConfig
+        config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy, allow_methods: PUT}
+    route: {cluster: c}
   - name: plain
     match: {prefix: /}
     route: {cluster: c}`)
+	if w := tb.Select(httptest.NewRequest("GET", "http://h/w", nil)).Action.Cors; w == nil || w.AllowMethods != "PUT" {
+		t.Errorf("cors inside a FilterConfig wrapper: %+v", w)
+	}
 	methods := func(e *Entry, wc *WeightedCluster, name string) string {
 		a := e.FilterConfig(name, wc)
 		if a == nil {
@@ -597,5 +618,46 @@ virtual_hosts:
 	e2.MutateResponse(resp2, nil)
 	if h3.Get("X-Level") != "route" || strings.Join(resp2["X-Resp"], ",") != "rc,route" {
 		t.Errorf("most specific wins: x-level %q, x-resp %q", h3.Get("X-Level"), resp2["X-Resp"])
+	}
+}
+
+func TestHeaderFormatterTLSAndEnvironment(t *testing.T) {
+	t.Setenv("SKIFF_ROUTE_TEST_ZONE", "zone-a")
+	tb := mustCompile(t, `
+virtual_hosts:
+- name: vh
+  domains: ["*"]
+  request_headers_to_add:
+  - {header: {key: x-peer, value: "%DOWNSTREAM_PEER_URI_SAN%"}}
+  - {header: {key: x-subject, value: "%DOWNSTREAM_PEER_SUBJECT%"}}
+  - {header: {key: x-tls, value: "%DOWNSTREAM_TLS_VERSION%"}}
+  - {header: {key: x-sni, value: "%REQUESTED_SERVER_NAME%"}}
+  - {header: {key: x-zone, value: "%ENVIRONMENT(SKIFF_ROUTE_TEST_ZONE)%"}}
+  routes: [{match: {prefix: /}, route: {cluster: c}}]`)
+	spiffe, _ := url.Parse("spiffe://cluster.local/ns/default/sa/productpage")
+	ci := &core.ConnInfo{
+		SNI: "reviews.default.svc.cluster.local",
+		TLS: &tls.ConnectionState{Version: tls.VersionTLS13, PeerCertificates: []*x509.Certificate{{
+			URIs: []*url.URL{spiffe}, Subject: pkix.Name{CommonName: "productpage"},
+		}}},
+	}
+	h := http.Header{}
+	tb.Select(newReq("GET", "http://h/")).MutateRequest(h, nil, ci)
+	want := map[string]string{
+		"X-Peer": "spiffe://cluster.local/ns/default/sa/productpage", "X-Subject": "CN=productpage",
+		"X-Tls": "TLSv1.3", "X-Sni": "reviews.default.svc.cluster.local", "X-Zone": "zone-a",
+	}
+	for k, v := range want {
+		if h.Get(k) != v {
+			t.Errorf("%s = %q, want %q", k, h.Get(k), v)
+		}
+	}
+	// Plaintext: the TLS values are empty, so those headers are not added.
+	h = http.Header{}
+	tb.Select(newReq("GET", "http://h/")).MutateRequest(h, nil, &core.ConnInfo{})
+	for _, k := range []string{"X-Peer", "X-Subject", "X-Tls", "X-Sni"} {
+		if _, ok := h[k]; ok {
+			t.Errorf("plaintext: %s = %q, want absent", k, h[k])
+		}
 	}
 }

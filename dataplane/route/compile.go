@@ -85,18 +85,12 @@ func compileVhost(vh *routev3.VirtualHost, g globals) (*vhost, error) {
 		}
 	}
 	for i, r := range vh.GetRoutes() {
-		where := fmt.Sprintf("routes[%d]", i)
-		if r.GetName() != "" {
-			where = fmt.Sprintf("routes[%d] %q:", i, r.GetName())
-		} else {
-			where += "."
-		}
 		cr, err := compileRoute(r, &ctx)
-		if err != nil {
-			if strings.HasSuffix(where, ":") {
-				return nil, fmt.Errorf("%s %w", where, err)
-			}
-			return nil, fmt.Errorf("%s%w", where, err)
+		switch {
+		case err != nil && r.GetName() != "":
+			return nil, fmt.Errorf("routes[%d] %q: %w", i, r.GetName(), err)
+		case err != nil:
+			return nil, fmt.Errorf("routes[%d].%w", i, err)
 		}
 		v.routes = append(v.routes, cr)
 	}
@@ -432,6 +426,18 @@ func corsFrom(legacy *routev3.CorsPolicy, pfc map[string]*anypb.Any) (*CorsPolic
 	anyCfg := pfc[corsFilterName]
 	if anyCfg == nil {
 		return nil, nil
+	}
+	if anyCfg.MessageIs((*routev3.FilterConfig)(nil)) {
+		// The FilterConfig wrapper (is_optional / disabled) carries the
+		// policy in its config field.
+		var fc routev3.FilterConfig
+		if err := anyCfg.UnmarshalTo(&fc); err != nil {
+			return nil, fmt.Errorf("typed_per_filter_config[%q]: %w", corsFilterName, err)
+		}
+		if fc.GetDisabled() || fc.GetConfig() == nil {
+			return nil, nil
+		}
+		anyCfg = fc.GetConfig()
 	}
 	var p corsv3.CorsPolicy
 	if err := anyCfg.UnmarshalTo(&p); err != nil {

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -52,6 +53,9 @@ const (
 	fHostname
 	fReq
 	fSNI
+	fPeerURISAN
+	fPeerSubject
+	fTLSVersion
 )
 
 var hostname, _ = os.Hostname()
@@ -148,6 +152,16 @@ func formatCommand(cmd string) (formatPart, error) {
 		return formatPart{cmd: fHostname}, nil
 	case "REQUESTED_SERVER_NAME":
 		return formatPart{cmd: fSNI}, nil
+	case "DOWNSTREAM_PEER_URI_SAN":
+		return formatPart{cmd: fPeerURISAN}, nil
+	case "DOWNSTREAM_PEER_SUBJECT":
+		return formatPart{cmd: fPeerSubject}, nil
+	case "DOWNSTREAM_TLS_VERSION":
+		return formatPart{cmd: fTLSVersion}, nil
+	}
+	if strings.HasPrefix(cmd, "ENVIRONMENT(") && strings.HasSuffix(cmd, ")") {
+		// Resolved once: the proxy's environment does not change.
+		return formatPart{lit: os.Getenv(cmd[len("ENVIRONMENT(") : len(cmd)-1])}, nil
 	}
 	if strings.HasPrefix(cmd, "REQ(") && strings.HasSuffix(cmd, ")") {
 		h := cmd[4 : len(cmd)-1]
@@ -156,7 +170,7 @@ func formatCommand(cmd string) (formatPart, error) {
 		}
 		return formatPart{cmd: fReq, arg: http.CanonicalHeaderKey(h)}, nil
 	}
-	return formatPart{}, fmt.Errorf("%%%s%% is not a supported command (supported: DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT], DOWNSTREAM_REMOTE_PORT, DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT], DOWNSTREAM_LOCAL_PORT, HOSTNAME, REQUESTED_SERVER_NAME, REQ(header))", cmd)
+	return formatPart{}, fmt.Errorf("%%%s%% is not a supported command (supported: DOWNSTREAM_REMOTE_ADDRESS[_WITHOUT_PORT], DOWNSTREAM_REMOTE_PORT, DOWNSTREAM_LOCAL_ADDRESS[_WITHOUT_PORT], DOWNSTREAM_LOCAL_PORT, DOWNSTREAM_PEER_URI_SAN, DOWNSTREAM_PEER_SUBJECT, DOWNSTREAM_TLS_VERSION, HOSTNAME, REQUESTED_SERVER_NAME, REQ(header), ENVIRONMENT(var))", cmd)
 }
 
 // eval renders the value; req is the request header map for %REQ()%
@@ -188,9 +202,50 @@ func (f *format) eval(ci *core.ConnInfo, req http.Header) string {
 			if req != nil {
 				b.WriteString(req.Get(p.arg))
 			}
+		case fPeerURISAN, fPeerSubject, fTLSVersion:
+			b.WriteString(tlsPart(ci, p.cmd))
 		}
 	}
 	return b.String()
+}
+
+// tlsPart renders the downstream TLS facts Envoy's formatter offers; ""
+// for plaintext connections. Several URI SANs are joined with ",".
+func tlsPart(ci *core.ConnInfo, cmd formatCmd) string {
+	if ci == nil || ci.TLS == nil {
+		return ""
+	}
+	switch cmd {
+	case fTLSVersion:
+		return tlsVersionName(ci.TLS.Version)
+	}
+	if len(ci.TLS.PeerCertificates) == 0 {
+		return ""
+	}
+	leaf := ci.TLS.PeerCertificates[0]
+	if cmd == fPeerSubject {
+		return leaf.Subject.String()
+	}
+	uris := make([]string, len(leaf.URIs))
+	for i, u := range leaf.URIs {
+		uris[i] = u.String()
+	}
+	return strings.Join(uris, ",")
+}
+
+// tlsVersionName spells versions as Envoy does (TLSv1.2, TLSv1.3).
+func tlsVersionName(v uint16) string {
+	switch v {
+	case tls.VersionTLS10:
+		return "TLSv1"
+	case tls.VersionTLS11:
+		return "TLSv1.1"
+	case tls.VersionTLS12:
+		return "TLSv1.2"
+	case tls.VersionTLS13:
+		return "TLSv1.3"
+	}
+	return ""
 }
 
 // addrPart renders a as ip:port (0), ip (1) or port (2).

@@ -3,6 +3,7 @@ package route
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"net/http/httptest"
 	"testing"
 
@@ -210,6 +211,32 @@ virtual_hosts:
 				check(q, false)
 			}
 		})
+	}
+}
+
+func TestIgnorePathParameters(t *testing.T) {
+	y := `
+%s
+virtual_hosts:
+- name: vh
+  domains: ["*"]
+  routes:
+  - {name: ab, match: {path: /a/b}, route: {cluster: c}}
+  - {name: rest, match: {prefix: /}, route: {cluster: c}}`
+	on := mustCompile(t, fmt.Sprintf(y, "ignore_path_parameters_in_path_matching: true"))
+	off := mustCompile(t, fmt.Sprintf(y, ""))
+	for _, c := range []struct{ path, on, off string }{
+		{"/a;v=1/b;x=2", "ab", "rest"},
+		{"/a/b;x", "ab", "rest"},
+		{"/a/b", "ab", "ab"},
+		{"/a;/b/c", "rest", "rest"},
+	} {
+		if got := on.Select(newReq("GET", "http://h"+c.path)).Name; got != c.on {
+			t.Errorf("ignoring params, %s: %s, want %s", c.path, got, c.on)
+		}
+		if got := off.Select(newReq("GET", "http://h"+c.path)).Name; got != c.off {
+			t.Errorf("default, %s: %s, want %s", c.path, got, c.off)
+		}
 	}
 }
 

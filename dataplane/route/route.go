@@ -353,15 +353,19 @@ func requestPath(r *http.Request) string {
 // "/a;v=1/b;x" matches as "/a/b".
 func stripPathParams(p string) string {
 	var b strings.Builder
-	for p != "" {
-		seg, rest, more := strings.Cut(p[1:], "/")
-		seg, _, _ = strings.Cut(seg, ";")
-		b.WriteByte('/')
-		b.WriteString(seg)
-		if !more {
+	b.Grow(len(p))
+	for i := 0; i < len(p); {
+		j := strings.IndexByte(p[i:], ';')
+		if j < 0 {
+			b.WriteString(p[i:])
 			break
 		}
-		p = "/" + rest
+		b.WriteString(p[i : i+j])
+		k := strings.IndexByte(p[i+j:], '/')
+		if k < 0 {
+			break
+		}
+		i += j + k
 	}
 	return b.String()
 }

@@ -184,20 +184,26 @@ func run(proxyBin string, qps, conns, updates int, duration time.Duration, delta
 			}
 		}()
 	}
-	// Open-loop pacing: one token per 1/qps, for the duration.
+	// Open-loop pacing: tokens are issued for the time elapsed, so timer
+	// coarseness does not lower the rate.
 	go func() {
 		defer close(tokens)
-		tick := time.NewTicker(time.Second / time.Duration(qps))
+		start := time.Now()
+		sent := 0
+		tick := time.NewTicker(time.Millisecond)
 		defer tick.Stop()
 		for {
 			select {
 			case <-loadCtx.Done():
 				return
-			case <-tick.C:
-				select {
-				case tokens <- struct{}{}:
-				default: // every connection busy: not sent, and reported as such
-					skipped.Add(1)
+			case now := <-tick.C:
+				due := int(now.Sub(start).Seconds() * float64(qps))
+				for ; sent < due; sent++ {
+					select {
+					case tokens <- struct{}{}:
+					default: // every connection busy: not sent, and reported as such
+						skipped.Add(1)
+					}
 				}
 			}
 		}

@@ -54,9 +54,20 @@ type T interface {
 }
 
 // Start serves on a free loopback port until the test ends.
-func Start(t T) *Server {
+func Start(t T) *Server { return StartAt(t, "127.0.0.1:0") }
+
+// StartAt serves on addr: a test restarts a server on the address a proxy
+// already knows.
+func StartAt(t T, addr string) *Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	var ln net.Listener
+	var err error
+	for i := 0; i < 50; i++ { // the previous server's socket may linger briefly
+		if ln, err = net.Listen("tcp", addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
