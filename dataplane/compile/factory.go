@@ -29,12 +29,11 @@ type ChainFactory struct {
 func (f *ChainFactory) NetworkFilters(l *listenerv3.Listener, fc *listenerv3.FilterChain) (core.ConnHandler, error) {
 	filters := fc.GetFilters()
 	if len(filters) == 0 {
-		return nil, fmt.Errorf("listener %q filter chain %q: no network filters; it needs a terminal filter (%s or %s)",
-			l.GetName(), fc.GetName(), hcmName, tcpProxyName)
+		return nil, fmt.Errorf("no network filters; a filter chain needs a terminal filter (%s or %s)", hcmName, tcpProxyName)
 	}
 	for i, nf := range filters {
 		tc := nf.GetTypedConfig()
-		where := fmt.Sprintf("listener %q filter chain %q filters[%d] %q", l.GetName(), fc.GetName(), i, nf.GetName())
+		where := fmt.Sprintf("filters[%d] %q", i, nf.GetName())
 		if tc == nil {
 			return nil, fmt.Errorf("%s: typed_config is required", where)
 		}
@@ -70,7 +69,7 @@ func (f *ChainFactory) NetworkFilters(l *listenerv3.Listener, fc *listenerv3.Fil
 			return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy)", where, tc.GetTypeUrl())
 		}
 	}
-	return nil, fmt.Errorf("listener %q filter chain %q: no terminal network filter", l.GetName(), fc.GetName())
+	return nil, fmt.Errorf("no terminal network filter")
 }
 
 var _ listener.ChainFactory = (*ChainFactory)(nil)

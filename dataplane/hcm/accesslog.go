@@ -200,6 +200,8 @@ const (
 	fkSNI
 	fkRouteName
 	fkResponseCodeDetails
+	fkAttempts
+	fkPeerURISAN
 	fkDash
 )
 
@@ -208,6 +210,7 @@ type fmtPart struct {
 	lit      string
 	hdr, alt string // REQ/RESP header keys (canonical, or pseudo ":path")
 	maxLen   int
+	time     []timeToken // START_TIME's format; nil is Envoy's default
 }
 
 var simpleCommands = map[string]fmtKind{
@@ -218,10 +221,10 @@ var simpleCommands = map[string]fmtKind{
 	"DOWNSTREAM_DIRECT_REMOTE_ADDRESS": fkDownstreamRemote, "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT": fkDownstreamRemoteNoPort,
 	"DOWNSTREAM_LOCAL_ADDRESS": fkDownstreamLocal, "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT": fkDownstreamLocalNoPort,
 	"PROTOCOL": fkProtocol, "REQUESTED_SERVER_NAME": fkSNI, "ROUTE_NAME": fkRouteName,
-	"RESPONSE_CODE_DETAILS": fkResponseCodeDetails,
+	"RESPONSE_CODE_DETAILS": fkResponseCodeDetails, "DOWNSTREAM_PEER_URI_SAN": fkPeerURISAN,
 	// Known to Envoy but not tracked here: rendered as "-".
 	"CONNECTION_TERMINATION_DETAILS": fkDash, "UPSTREAM_TRANSPORT_FAILURE_REASON": fkDash,
-	"UPSTREAM_LOCAL_ADDRESS": fkDash, "UPSTREAM_REQUEST_ATTEMPT_COUNT": fkDash,
+	"UPSTREAM_LOCAL_ADDRESS": fkDash, "UPSTREAM_REQUEST_ATTEMPT_COUNT": fkAttempts,
 }
 
 func newFormatter(lf *corev3.SubstitutionFormatString) (*formatter, error) {
@@ -297,16 +300,29 @@ func parseFormat(s string) ([]fmtPart, error) {
 			s = s[1:]
 			continue
 		}
-		j := strings.IndexByte(s, '%')
-		if j < 0 {
+		// The command runs to the next '%' after its argument, which may
+		// itself hold '%' (START_TIME(%Y-%m-%d)).
+		j := 0
+		for j < len(s) && (s[j] == '_' || 'A' <= s[j] && s[j] <= 'Z' || '0' <= s[j] && s[j] <= '9') {
+			j++
+		}
+		if j < len(s) && s[j] == '(' {
+			k := strings.IndexByte(s[j:], ')')
+			if k < 0 {
+				return nil, fmt.Errorf("command %q: missing ')'", "%"+s)
+			}
+			j += k + 1
+		}
+		k := strings.IndexByte(s[j:], '%')
+		if k < 0 {
 			return nil, fmt.Errorf("unterminated command %q", "%"+s)
 		}
-		p, err := parseCommand(s[:j])
+		p, err := parseCommand(s[:j+k])
 		if err != nil {
 			return nil, err
 		}
 		parts = append(parts, p)
-		s = s[j+1:]
+		s = s[j+k+1:]
 	}
 	return parts, nil
 }
@@ -315,10 +331,11 @@ func parseCommand(cmd string) (fmtPart, error) {
 	var p fmtPart
 	name, arg := cmd, ""
 	if k := strings.IndexByte(cmd, '('); k >= 0 {
-		e := strings.LastIndexByte(cmd, ')')
-		if e < k {
+		e := strings.IndexByte(cmd[k:], ')')
+		if e < 0 {
 			return p, fmt.Errorf("command %q: missing ')'", cmd)
 		}
+		e += k
 		name, arg = cmd[:k], cmd[k+1:e]
 		if rest := cmd[e+1:]; rest != "" {
 			if !strings.HasPrefix(rest, ":") {
@@ -341,9 +358,15 @@ func parseCommand(cmd string) (fmtPart, error) {
 		p.hdr, p.alt = headerKey(main), headerKey(alt)
 		return p, nil
 	case "START_TIME":
+		p.kind = fkStartTime
 		if arg != "" {
-			return p, fmt.Errorf("command %q: custom START_TIME formats are not supported", cmd)
+			tf, err := parseTimeFormat(arg)
+			if err != nil {
+				return p, fmt.Errorf("command %q: %w", cmd, err)
+			}
+			p.time = tf
 		}
+		return p, nil
 	}
 	k, ok := simpleCommands[name]
 	if !ok {
@@ -351,6 +374,101 @@ func parseCommand(cmd string) (fmtPart, error) {
 	}
 	p.kind = k
 	return p, nil
+}
+
+// timeToken is one piece of a strftime-style START_TIME format: a literal
+// or a conversion.
+type timeToken struct {
+	lit  string
+	conv byte // 'Y','m','d','H','M','S','z','s','f' (digits fractional digits), 'E' (seconds with digits)
+	n    int
+}
+
+// parseTimeFormat compiles the strftime subset Envoy users write:
+// %Y %m %d %H %M %S %z %s %% %[1-9]f %E[1-9]S and %T %F.
+func parseTimeFormat(f string) ([]timeToken, error) {
+	var out []timeToken
+	for len(f) > 0 {
+		i := strings.IndexByte(f, '%')
+		if i < 0 {
+			out = append(out, timeToken{lit: f})
+			break
+		}
+		if i > 0 {
+			out = append(out, timeToken{lit: f[:i]})
+		}
+		f = f[i+1:]
+		if f == "" {
+			return nil, errors.New("time format ends in '%'")
+		}
+		c := f[0]
+		switch {
+		case strings.IndexByte("YmdHMSzs", c) >= 0:
+			out = append(out, timeToken{conv: c})
+			f = f[1:]
+		case c == '%':
+			out = append(out, timeToken{lit: "%"})
+			f = f[1:]
+		case c == 'T':
+			out = append(out, timeToken{conv: 'H'}, timeToken{lit: ":"}, timeToken{conv: 'M'}, timeToken{lit: ":"}, timeToken{conv: 'S'})
+			f = f[1:]
+		case c == 'F':
+			out = append(out, timeToken{conv: 'Y'}, timeToken{lit: "-"}, timeToken{conv: 'm'}, timeToken{lit: "-"}, timeToken{conv: 'd'})
+			f = f[1:]
+		case '1' <= c && c <= '9' && len(f) > 1 && f[1] == 'f':
+			out = append(out, timeToken{conv: 'f', n: int(c - '0')})
+			f = f[2:]
+		case c == 'E' && len(f) > 2 && '1' <= f[1] && f[1] <= '9' && f[2] == 'S':
+			out = append(out, timeToken{conv: 'E', n: int(f[1] - '0')})
+			f = f[3:]
+		default:
+			return nil, fmt.Errorf("time format: %%%c is not supported", c)
+		}
+	}
+	return out, nil
+}
+
+func appendTime(b []byte, t time.Time, toks []timeToken) []byte {
+	pad := func(b []byte, v, w int) []byte {
+		s := strconv.Itoa(v)
+		for i := len(s); i < w; i++ {
+			b = append(b, '0')
+		}
+		return append(b, s...)
+	}
+	frac := func(b []byte, n int) []byte {
+		ns := strconv.Itoa(t.Nanosecond() + 1e9)[1:] // nine digits
+		return append(b, ns[:n]...)
+	}
+	for _, tk := range toks {
+		switch tk.conv {
+		case 0:
+			b = append(b, tk.lit...)
+		case 'Y':
+			b = pad(b, t.Year(), 4)
+		case 'm':
+			b = pad(b, int(t.Month()), 2)
+		case 'd':
+			b = pad(b, t.Day(), 2)
+		case 'H':
+			b = pad(b, t.Hour(), 2)
+		case 'M':
+			b = pad(b, t.Minute(), 2)
+		case 'S':
+			b = pad(b, t.Second(), 2)
+		case 'z':
+			b = t.AppendFormat(b, "-0700")
+		case 's':
+			b = strconv.AppendInt(b, t.Unix(), 10)
+		case 'f':
+			b = frac(b, tk.n)
+		case 'E':
+			b = pad(b, t.Second(), 2)
+			b = append(b, '.')
+			b = frac(b, tk.n)
+		}
+	}
+	return b
 }
 
 func headerKey(h string) string {
@@ -421,17 +539,28 @@ func (p *fmtPart) value(s *Stream) string {
 	var v string
 	switch p.kind {
 	case fkStartTime:
-		v = s.Start.UTC().Format("2006-01-02T15:04:05.000Z")
+		if p.time != nil {
+			v = string(appendTime(nil, s.Start.UTC(), p.time))
+		} else {
+			v = s.Start.UTC().Format("2006-01-02T15:04:05.000Z")
+		}
 	case fkReq:
 		v = reqHeader(s, p.hdr)
 		if v == "" && p.alt != "" {
 			v = reqHeader(s, p.alt)
 		}
-	case fkResp, fkTrailer:
+	case fkResp:
 		h := s.w.Header()
 		v = firstValue(h, p.hdr)
 		if v == "" && p.alt != "" {
 			v = firstValue(h, p.alt)
+		}
+	case fkTrailer:
+		// The router sets trailers with net/http's TrailerPrefix.
+		h := s.w.Header()
+		v = firstValue(h, http.TrailerPrefix+p.hdr)
+		if v == "" && p.alt != "" {
+			v = firstValue(h, http.TrailerPrefix+p.alt)
 		}
 	case fkResponseCode:
 		v = strconv.Itoa(s.status)
@@ -463,6 +592,17 @@ func (p *fmtPart) value(s *Stream) string {
 		}
 	case fkProtocol:
 		v = s.Req.Proto
+		if s.Req.ProtoMajor == 2 {
+			v = "HTTP/2" // Envoy's spelling
+		}
+	case fkPeerURISAN:
+		if t := s.Conn.TLS; t != nil && len(t.PeerCertificates) > 0 && len(t.PeerCertificates[0].URIs) > 0 {
+			v = t.PeerCertificates[0].URIs[0].String()
+		}
+	case fkAttempts:
+		if s.attempts > 0 {
+			v = strconv.Itoa(s.attempts)
+		}
 	case fkSNI:
 		v = s.Conn.SNI
 	case fkRouteName:

@@ -196,3 +196,58 @@ func TestCORSPreflightAndSimpleRequests(t *testing.T) {
 		t.Error("simple request not proxied")
 	}
 }
+
+func TestWeightedClustersAndTheirFilterConfig(t *testing.T) {
+	e := newEnv(t)
+	e.upstream("a", echo("a"))
+	e.upstream("b", echo("b"))
+	abort := mustAny(t, &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 402}, Percentage: all}})
+	a := &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+		{Name: "a", Weight: wrapperspb.UInt32(50)},
+		{Name: "b", Weight: wrapperspb.UInt32(50)},
+	}}}}
+	withAbort := &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{Clusters: []*routev3.WeightedCluster_ClusterWeight{
+		{Name: "a", Weight: wrapperspb.UInt32(1)},
+		{Name: "b", Weight: wrapperspb.UInt32(1), TypedPerFilterConfig: map[string]*anypb.Any{"envoy.filters.http.fault": abort}},
+	}}}}
+	e.start(hcmConfig(t, simpleRoutes(actionRoute("/split", a), actionRoute("/", withAbort)), faultFilterCfg(t, &faultv3.HTTPFault{})))
+	counts := map[string]int{}
+	for i := 0; i < 200; i++ {
+		resp, _ := e.get("/split")
+		counts[resp.Header.Get("X-Upstream")]++
+	}
+	// 50/50 over 200 requests: each side well inside [60, 140] (p < 1e-8 to fail by chance).
+	if counts["a"] < 60 || counts["b"] < 60 || counts["a"]+counts["b"] != 200 {
+		t.Errorf("split %v", counts)
+	}
+	got := map[int]int{}
+	for i := 0; i < 60; i++ {
+		resp, _ := e.get("/")
+		got[resp.StatusCode]++
+		if resp.StatusCode == 200 && resp.Header.Get("X-Upstream") != "a" {
+			t.Fatalf("cluster b's fault config did not apply to b")
+		}
+	}
+	if got[402] == 0 || got[200] == 0 {
+		t.Errorf("statuses %v: want aborts exactly when b is chosen", got)
+	}
+	if e.store.Lookup("http.inbound_0.0.0.0_80.downstream_rq_active").(interface{ Value() int64 }).Value() != 0 {
+		t.Error("downstream_rq_active did not return to 0")
+	}
+}
+
+func TestDisabledFilterRunsOnlyWhereARouteEnablesIt(t *testing.T) {
+	e := newEnv(t)
+	e.upstream("backend", echo("backend"))
+	abort := &faultv3.HTTPFault{Abort: &faultv3.FaultAbort{ErrorType: &faultv3.FaultAbort_HttpStatus{HttpStatus: 503}, Percentage: all}}
+	f := faultFilterCfg(t, abort)
+	f.Disabled = true
+	on := withFault(t, prefixRoute("/on", "backend"), abort)
+	e.start(hcmConfig(t, simpleRoutes(on, prefixRoute("/", "backend")), f))
+	if resp, _ := e.get("/off"); resp.StatusCode != 200 {
+		t.Errorf("disabled filter ran on a route without config: %d", resp.StatusCode)
+	}
+	if resp, body := e.get("/on"); resp.StatusCode != 503 || body != "fault filter abort" {
+		t.Errorf("route enabling the filter: %d %q", resp.StatusCode, body)
+	}
+}

@@ -76,6 +76,8 @@ type config struct {
 	via               string
 	upgrades          map[string]bool
 	xfcc              xfccConfig
+	normalizePath     bool
+	mergeSlashes      bool
 
 	stats *hcmStats
 	logs  []*accessLogger
@@ -125,6 +127,13 @@ func New(cfg *hcmv3.HttpConnectionManager, d Deps) (*ConnectionManager, error) {
 		maxStreams = v.GetValue()
 	}
 	cm.h2 = &http2.Server{MaxConcurrentStreams: maxStreams, IdleTimeout: idle}
+	h2o := cfg.GetHttp2ProtocolOptions()
+	if v := h2o.GetInitialStreamWindowSize(); v != nil {
+		cm.h2.MaxUploadBufferPerStream = int32(min(v.GetValue(), 1<<31-1))
+	}
+	if v := h2o.GetInitialConnectionWindowSize(); v != nil {
+		cm.h2.MaxUploadBufferPerConnection = int32(min(v.GetValue(), 1<<31-1))
+	}
 	cm.h2base = &http.Server{Handler: cm, ErrorLog: errLog, MaxHeaderBytes: maxHdr}
 	if err := http2.ConfigureServer(cm.h2base, cm.h2); err != nil {
 		return nil, fmt.Errorf("http_connection_manager %q: http2_protocol_options: %w", cfg.GetStatPrefix(), err)
@@ -156,6 +165,8 @@ func compile(cfg *hcmv3.HttpConnectionManager, d Deps) (*config, error) {
 		via:               cfg.GetVia(),
 		upgrades:          map[string]bool{},
 		xfcc:              newXFCC(cfg),
+		normalizePath:     cfg.GetNormalizePath().GetValue(),
+		mergeSlashes:      cfg.GetMergeSlashes(),
 	}
 	if c.statPrefix == "" {
 		return nil, fmt.Errorf("stat_prefix: must not be empty")
@@ -299,10 +310,12 @@ func (cm *ConnectionManager) Drain() {
 	go cm.h2base.Shutdown(context.Background())
 }
 
-// Close closes every connection at once and stops the manager.
-func (cm *ConnectionManager) Close() {
+// Close closes every connection at once and stops the manager. It
+// implements io.Closer (the listener closes replaced handlers through it)
+// and always returns nil.
+func (cm *ConnectionManager) Close() error {
 	if cm.closed.Swap(true) {
-		return
+		return nil
 	}
 	cm.h1.Close()
 	cm.mu.Lock()
@@ -317,6 +330,7 @@ func (cm *ConnectionManager) Close() {
 	for _, l := range cm.cfg.logs {
 		l.flush()
 	}
+	return nil
 }
 
 // trackedConn lets ServeConn wait for net/http to finish with the
@@ -395,3 +409,10 @@ type peekedConn struct {
 }
 
 func (c *peekedConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+var (
+	_ core.ConnHandler = (*ConnectionManager)(nil)
+	_ core.Drainer     = (*ConnectionManager)(nil)
+	_ io.Closer        = (*ConnectionManager)(nil)
+	_ http.Handler     = (*ConnectionManager)(nil)
+)

@@ -2,12 +2,14 @@ package hcm
 
 import (
 	"crypto/tls"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptrace"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -29,7 +31,7 @@ func echo(name string) http.HandlerFunc {
 		w.Header().Set("X-Seen-Path", r.URL.RequestURI())
 		w.Header().Set("X-Seen-Host", r.Host)
 		for _, k := range []string{"X-Request-Id", "X-Forwarded-For", "X-Forwarded-Proto", "X-Envoy-Expected-Rq-Timeout-Ms",
-			"X-Envoy-Original-Path", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Envoy-Retry-On", "Via", "X-Envoy-Attempt-Count", "Connection", "Keep-Alive", "X-Custom", "X-Forwarded-Client-Cert"} {
+			"X-Envoy-Original-Path", "X-Envoy-External-Address", "X-Envoy-Internal", "X-Envoy-Retry-On", "Via", "X-Envoy-Attempt-Count", "Connection", "Keep-Alive", "X-Custom", "X-Forwarded-Client-Cert", "User-Agent"} {
 			if v := r.Header.Values(k); len(v) > 0 {
 				w.Header()["Seen-"+k] = v
 			}
@@ -171,6 +173,9 @@ func TestShortHTTP10RequestIsNotMistakenForH2(t *testing.T) {
 	if !strings.HasPrefix(string(b), "HTTP/1.0 200") {
 		t.Fatalf("response %q", b)
 	}
+	if strings.Contains(string(b), "Seen-User-Agent") {
+		t.Errorf("the proxy added a User-Agent the client never sent: %q", b)
+	}
 }
 
 func TestLocalRepliesNoRouteNoClusterNoHealthy(t *testing.T) {
@@ -309,5 +314,48 @@ func TestRDSUpdateChangesRouting(t *testing.T) {
 	e.routes.Remove("80")
 	if resp, _ = e.get("/"); resp.StatusCode != 404 {
 		t.Fatalf("after remove: %d", resp.StatusCode)
+	}
+}
+
+func TestConcurrentMixedTraffic(t *testing.T) {
+	e := newEnv(t)
+	e.upstream("backend", echo("backend"))
+	e.upstream("backend", echo("backend"))
+	a := clusterAction("backend")
+	a.RetryPolicy = retryPolicy("5xx", 1)
+	e.start(hcmConfig(t, simpleRoutes(actionRoute("/", a))))
+	h2 := newH2CClient()
+	defer h2.CloseIdleConnections()
+	clients := []*http.Client{e.client, {Transport: h2}}
+	var wg sync.WaitGroup
+	errs := make(chan string, 16)
+	for g := 0; g < 8; g++ {
+		wg.Add(1)
+		go func(g int) {
+			defer wg.Done()
+			c := clients[g%2]
+			for i := 0; i < 40; i++ {
+				want := fmt.Sprintf("g%d-i%d-%s", g, i, strings.Repeat("b", i*37))
+				resp, err := c.Post(e.url(fmt.Sprintf("/c/%d/%d", g, i)), "text/plain", strings.NewReader(want))
+				if err != nil {
+					errs <- err.Error()
+					return
+				}
+				got, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 200 || string(got) != want || resp.Header.Get("X-Seen-Path") != fmt.Sprintf("/c/%d/%d", g, i) {
+					errs <- fmt.Sprintf("g%d i%d: %d %q", g, i, resp.StatusCode, got)
+					return
+				}
+			}
+		}(g)
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if got := e.counter("http.inbound_0.0.0.0_80.downstream_rq_2xx"); got != 320 {
+		t.Errorf("downstream_rq_2xx %d, want 320", got)
 	}
 }

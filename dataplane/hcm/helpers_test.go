@@ -98,6 +98,7 @@ type testCluster struct {
 	maxRetries  int64 // -1 = none allowed
 	active      atomic.Int64
 	lastHash    atomic.Uint64
+	retriesHeld atomic.Int64
 	// sticky picks the first host the LBContext accepts instead of round
 	// robin, so tests can tell previous_hosts from luck.
 	sticky bool
@@ -125,8 +126,10 @@ func (c *testCluster) ChooseHost(lb *core.LBContext) core.Host {
 	return c.hosts[0]
 }
 
+// The breakers count their own overflows, as dataplane/upstream's do.
 func (c *testCluster) AcquireRequest() bool {
 	if c.maxRequests < 0 {
+		c.stats.RqPendingOverflow.Inc()
 		return false
 	}
 	if c.maxRequests > 0 && c.active.Add(1) > c.maxRequests {
@@ -138,9 +141,16 @@ func (c *testCluster) AcquireRequest() bool {
 	}
 	return true
 }
-func (c *testCluster) ReleaseRequest()           { c.active.Add(-1) }
-func (c *testCluster) AcquireRetry() bool        { return c.maxRetries >= 0 }
-func (c *testCluster) ReleaseRetry()             {}
+func (c *testCluster) ReleaseRequest() { c.active.Add(-1) }
+func (c *testCluster) AcquireRetry() bool {
+	if c.maxRetries < 0 {
+		c.stats.RqRetryOverflow.Inc()
+		return false
+	}
+	c.retriesHeld.Add(1)
+	return true
+}
+func (c *testCluster) ReleaseRetry()             { c.retriesHeld.Add(-1) }
 func (c *testCluster) Stats() *core.ClusterStats { return c.stats }
 
 type testClusters map[string]*testCluster
@@ -205,7 +215,7 @@ func (e *env) start(cfg *hcmv3.HttpConnectionManager) *ConnectionManager {
 		e.t.Fatalf("New: %v", err)
 	}
 	e.cm = cm
-	e.t.Cleanup(cm.Close)
+	e.t.Cleanup(func() { cm.Close() })
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		e.t.Fatal(err)

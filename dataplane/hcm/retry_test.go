@@ -1,8 +1,11 @@
 package hcm
 
 import (
+	"bytes"
+	"hash/crc32"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -69,6 +72,9 @@ func TestRetryOn5xxReplaysBody(t *testing.T) {
 	if got := e.counter("cluster.flaky.upstream_rq_5xx"); got != 2 {
 		t.Errorf("upstream_rq_5xx %d", got)
 	}
+	if held := e.cluster("flaky").retriesHeld.Load(); held != 0 {
+		t.Errorf("%d max_retries slots still held after the request", held)
+	}
 }
 
 func TestRetryLimitExceededReturnsLastResponse(t *testing.T) {
@@ -79,8 +85,8 @@ func TestRetryLimitExceededReturnsLastResponse(t *testing.T) {
 	a.RetryPolicy = retryPolicy("gateway-error", 1)
 	e.start(hcmConfig(t, simpleRoutes(actionRoute("/", a))))
 	resp, body := e.get("/")
-	if resp.StatusCode != 503 || body != "busy" {
-		t.Fatalf("status %d body %q", resp.StatusCode, body)
+	if resp.StatusCode != 503 || body != "busy" || resp.Header.Get("X-Skiff-Response-Flags") != "URX" {
+		t.Fatalf("status %d body %q flags %q", resp.StatusCode, body, resp.Header.Get("X-Skiff-Response-Flags"))
 	}
 	if count.Load() != 2 {
 		t.Errorf("attempts %d, want 2", count.Load())
@@ -210,5 +216,74 @@ func TestPerTryTimeoutRetries(t *testing.T) {
 	}
 	if e.counter("cluster.sometimes.upstream_rq_retry") != 1 {
 		t.Error("upstream_rq_retry not counted")
+	}
+}
+
+func TestLargeBodyStreamsAndIsNotRetried(t *testing.T) {
+	e := newEnv(t)
+	var n atomic.Int64
+	e.upstream("up", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		if n.Add(1) == 1 && r.URL.Path == "/fail-first" {
+			w.WriteHeader(503)
+			return
+		}
+		w.Header().Set("X-Len", strconv.Itoa(len(b)))
+		w.Header().Set("X-Sum", strconv.Itoa(int(crc32.ChecksumIEEE(b))))
+	})
+	a := clusterAction("up")
+	a.RetryPolicy = retryPolicy("5xx", 2)
+	e.start(hcmConfig(t, simpleRoutes(actionRoute("/", a))))
+	big := make([]byte, 3<<20)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	h2 := newH2CClient()
+	defer h2.CloseIdleConnections()
+	for _, c := range []*http.Client{e.client, {Transport: h2}} {
+		resp, err := c.Post(e.url("/ok"), "application/octet-stream", bytes.NewReader(big))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.Header.Get("X-Len") != strconv.Itoa(len(big)) || resp.Header.Get("X-Sum") != strconv.Itoa(int(crc32.ChecksumIEEE(big))) {
+			t.Fatalf("%s: 3 MB body arrived as %s bytes (sum %s)", resp.Proto, resp.Header.Get("X-Len"), resp.Header.Get("X-Sum"))
+		}
+	}
+	// Over the replay buffer: a retriable failure is not retried.
+	n.Store(0)
+	req, _ := http.NewRequest("POST", e.url("/fail-first"), bytes.NewReader(big))
+	resp := e.do(req)
+	resp.Body.Close()
+	if resp.StatusCode != 503 || n.Load() != 1 {
+		t.Errorf("status %d after %d attempts: a body over the buffer limit must not be replayed", resp.StatusCode, n.Load())
+	}
+}
+
+func TestRouteTimeoutStartsAfterRequestBody(t *testing.T) {
+	e := newEnv(t)
+	e.upstream("up", func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	})
+	a := clusterAction("up")
+	a.Timeout = dur(300 * time.Millisecond)
+	e.start(hcmConfig(t, simpleRoutes(actionRoute("/", a))))
+	// The upload takes ~600ms, twice the route timeout; Envoy's timer
+	// starts when the request is complete, so the request succeeds.
+	pr, pw := io.Pipe()
+	go func() {
+		for i := 0; i < 6; i++ {
+			pw.Write([]byte("chunk;"))
+			time.Sleep(100 * time.Millisecond)
+		}
+		pw.Close()
+	}()
+	req, _ := http.NewRequest("POST", e.url("/"), pr)
+	resp := e.do(req)
+	body := readAll(t, resp)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || body != strings.Repeat("chunk;", 6) {
+		t.Fatalf("slow upload: %d %q", resp.StatusCode, body)
 	}
 }

@@ -119,8 +119,11 @@ func (rt *router) ServeStream(s *Stream) {
 // attemptPlan is the per-request timeout and retry setup.
 type attemptPlan struct {
 	timeout time.Duration
-	perTry  time.Duration
-	policy  *route.RetryPolicy
+	// fromStart says the timeout runs from the start of the stream (a
+	// grpc-timeout deadline) rather than from the end of the request.
+	fromStart bool
+	perTry    time.Duration
+	policy    *route.RetryPolicy
 }
 
 func (rt *router) plan(s *Stream, a *route.Action) attemptPlan {
@@ -129,11 +132,6 @@ func (rt *router) plan(s *Stream, a *route.Action) attemptPlan {
 	p.policy = route.WithRequestHeaders(a.Retry, h)
 	if p.policy != nil {
 		p.perTry = p.policy.PerTryTimeout
-	}
-	if v := h[hdrRqTimeout]; len(v) > 0 {
-		if ms, err := strconv.ParseUint(strings.TrimSpace(v[0]), 10, 32); err == nil {
-			p.timeout = time.Duration(ms) * time.Millisecond
-		}
 	}
 	if a.MaxGRPCTimeout != nil {
 		if v := h[hdrGRPCTimeout]; len(v) > 0 {
@@ -145,7 +143,15 @@ func (rt *router) plan(s *Stream, a *route.Action) attemptPlan {
 					t -= a.GRPCTimeoutOffset
 				}
 				p.timeout = t
+				p.fromStart = true
 			}
+		}
+	}
+	// x-envoy-upstream-rq-timeout-ms has the last word, as in Envoy.
+	if v := h[hdrRqTimeout]; len(v) > 0 {
+		if ms, err := strconv.ParseUint(strings.TrimSpace(v[0]), 10, 32); err == nil {
+			p.timeout = time.Duration(ms) * time.Millisecond
+			p.fromStart = false
 		}
 	}
 	if p.perTry >= p.timeout && p.timeout > 0 {
@@ -196,9 +202,13 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 	delete(h, hdrRetryGRPCOn)
 	delete(h, hdrMaxRetries)
 	delete(h, "X-Envoy-Retriable-Status-Codes")
+	if _, ok := h[hdrUserAgent]; !ok {
+		// An empty value stops Go's transports adding their own User-Agent.
+		h[hdrUserAgent] = emptyValue
+	}
 
+	// A refused breaker counts its own overflow (upstream_rq_pending_overflow).
 	if !cl.AcquireRequest() {
-		cs.RqPendingOverflow.Inc()
 		rt.overflow(s)
 		return
 	}
@@ -212,6 +222,9 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 		}
 		r.Host = host
 	}
+	if e.Decorator != "" && !rt.suppress {
+		h[hdrDecoratorOperation] = []string{e.Decorator}
+	}
 	if !rt.suppress {
 		if exp := p.perTry; exp > 0 {
 			h[hdrExpectedTimeout] = []string{strconv.FormatInt(exp.Milliseconds(), 10)}
@@ -222,11 +235,19 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 
 	ctx := r.Context()
 	if p.timeout > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.timeout)
-		defer cancel()
+		body := s.body
+		if p.fromStart {
+			body = nil
+		}
+		var stop func()
+		ctx, stop = routeTimeout(ctx, p.timeout, body)
+		defer stop()
 	}
 	lb := core.LBContext{Downstream: s.Conn}
+	if v := h[hdrOriginalDstHost]; len(v) > 0 {
+		// ORIGINAL_DST clusters configured with use_http_header read it.
+		lb.OverrideHost = v[0]
+	}
 	if len(a.HashPolicies) > 0 {
 		lb.Hash, lb.HasHash = a.Hash(r, s.Conn)
 	}
@@ -240,37 +261,46 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 		body = &replayBody{src: r.Body}
 	}
 
-	out := r.WithContext(ctx)
-	out.RequestURI = ""
+	r.RequestURI = ""
 	if upgrade {
-		rt.upgrade(s, cl, &lb, out)
+		rt.upgrade(s, cl, &lb, r.WithContext(ctx))
 		return
 	}
 
 	var tried []core.Host
 	retries := uint32(0)
+	// A retry holds its max_retries slot until the retried attempt ends.
+	holdingRetry := false
+	defer func() {
+		if holdingRetry {
+			cl.ReleaseRetry()
+		}
+	}()
 	for attempt := 1; ; attempt++ {
-		host := cl.ChooseHost(&lb)
+		host := chooseHost(cl, &lb, p.policy)
 		if host == nil {
 			s.SendLocalReply(http.StatusServiceUnavailable, bodyNoHealthy, core.NoHealthyUpstream)
 			return
 		}
 		s.UpstreamHost = host.Address()
+		s.attempts = attempt
 		if a.AutoHostRewrite {
-			out.Host = hostOnly(s.UpstreamHost)
+			if name := hostOnly(s.UpstreamHost); net.ParseIP(name) == nil {
+				r.Host = name // only hosts with a DNS name, as in Envoy
+			}
 		}
 		if a.IncludeAttemptCount {
 			h[hdrAttemptCount] = []string{strconv.Itoa(attempt)}
 		}
-		if body != nil {
-			out.Body = body.reader()
-		}
 		tryCtx, tryCancel := ctx, context.CancelFunc(nil)
 		if p.perTry > 0 {
 			tryCtx, tryCancel = context.WithTimeout(ctx, p.perTry)
-			out = out.WithContext(tryCtx)
-		} else if out.Context() != ctx {
-			out = out.WithContext(ctx)
+		}
+		// Each attempt gets its own request value: a transport may hold
+		// the previous one until it has given up on it.
+		out := r.WithContext(tryCtx)
+		if body != nil {
+			out.Body = body.reader()
 		}
 		cs.RqTotal.Inc()
 		cs.RqActive.Inc()
@@ -282,10 +312,9 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 				tryCancel()
 			}
 			kind := errorKind(err)
-			globalTimeout := ctx.Err() == context.DeadlineExceeded
+			globalTimeout := context.Cause(ctx) == errRouteTimeout
 			if r.Context().Err() != nil && !globalTimeout {
 				// The downstream went away; nobody is left to answer.
-				cs.RqCancelled.Inc()
 				s.Flags |= core.DownstreamConnectionTermination
 				panic(http.ErrAbortHandler)
 			}
@@ -299,19 +328,13 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 				kind = core.Timeout
 			}
 			host.Observe(0, &core.UpstreamError{Kind: kind, Err: err})
-			if kind != core.Overflow && p.policy.ShouldRetryError(kind) {
-				if retries < p.policy.NumRetries && body.replayable() {
-					if rt.takeRetry(cl, p.policy, &retries, &lb, &tried, host) {
-						if !backoff(ctx, p.policy, retries) {
-							rt.timedOut(s, cs)
-							return
-						}
-						continue
-					}
-				} else {
-					cs.RqRetryLimitExceeded.Inc()
-					s.Flags |= core.UpstreamRetryLimitExceeded
+			if kind != core.Overflow && p.policy.ShouldRetryError(kind) && rt.mayRetry(s, cl, p.policy, retries, body) &&
+				rt.takeRetry(cl, p.policy, &retries, &lb, &tried, host, &holdingRetry) {
+				if !backoff(ctx, p.policy, retries) {
+					rt.timedOut(s, cs)
+					return
 				}
+				continue
 			}
 			rt.replyError(s, kind)
 			return
@@ -319,22 +342,17 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 		cs.CountStatus(resp.StatusCode)
 		host.Observe(resp.StatusCode, nil)
 		if p.policy.ShouldRetryStatus(resp.StatusCode, resp.Header) {
-			if retries < p.policy.NumRetries && body.replayable() {
-				if rt.takeRetry(cl, p.policy, &retries, &lb, &tried, host) {
-					discard(resp.Body)
-					cs.RqActive.Dec()
-					if tryCancel != nil {
-						tryCancel()
-					}
-					if !backoff(ctx, p.policy, retries) {
-						rt.timedOut(s, cs)
-						return
-					}
-					continue
+			if rt.mayRetry(s, cl, p.policy, retries, body) && rt.takeRetry(cl, p.policy, &retries, &lb, &tried, host, &holdingRetry) {
+				discard(resp.Body)
+				cs.RqActive.Dec()
+				if tryCancel != nil {
+					tryCancel()
 				}
-			} else {
-				cs.RqRetryLimitExceeded.Inc()
-				s.Flags |= core.UpstreamRetryLimitExceeded
+				if !backoff(ctx, p.policy, retries) {
+					rt.timedOut(s, cs)
+					return
+				}
+				continue
 			}
 		} else if retries > 0 {
 			cs.RqRetrySuccess.Inc()
@@ -350,18 +368,48 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 	}
 }
 
-// takeRetry takes a retry slot under the max_retries breaker and counts
-// the retry; false means the breaker is open and the request is not
-// retried.
-func (rt *router) takeRetry(cl core.Cluster, p *route.RetryPolicy, retries *uint32, lb *core.LBContext, tried *[]core.Host, failed core.Host) bool {
-	cs := cl.Stats()
-	if !cl.AcquireRetry() {
-		cs.RqRetryOverflow.Inc()
+// chooseHost picks the attempt's host; with a retry host predicate it
+// reselects up to host_selection_retry_max_attempts times while the pick is
+// rejected, then takes the last pick, as Envoy does.
+func chooseHost(cl core.Cluster, lb *core.LBContext, p *route.RetryPolicy) core.Host {
+	h := cl.ChooseHost(lb)
+	if lb.Reject == nil || p == nil {
+		return h
+	}
+	for i := 0; i < p.HostSelectionMaxAttempts && h != nil && lb.Reject(h); i++ {
+		h = cl.ChooseHost(lb)
+	}
+	return h
+}
+
+// mayRetry checks the retry budget of a retriable failure: with retries
+// left and a replayable body it says yes; with none left it counts
+// upstream_rq_retry_limit_exceeded and flags URX.
+func (rt *router) mayRetry(s *Stream, cl core.Cluster, p *route.RetryPolicy, retries uint32, body *replayBody) bool {
+	if retries >= p.NumRetries {
+		if p.NumRetries > 0 {
+			cl.Stats().RqRetryLimitExceeded.Inc()
+			s.Flags |= core.UpstreamRetryLimitExceeded
+		}
 		return false
 	}
-	// The slot covers the decision to retry; the retried attempt itself is
-	// bounded by max_requests.
-	cl.ReleaseRetry()
+	return body.replayable()
+}
+
+// takeRetry takes a retry slot under the max_retries breaker (held until
+// the retried attempt ends) and counts the retry; false means the breaker
+// is open and the request is not retried.
+func (rt *router) takeRetry(cl core.Cluster, p *route.RetryPolicy, retries *uint32, lb *core.LBContext, tried *[]core.Host, failed core.Host, holding *bool) bool {
+	cs := cl.Stats()
+	if *holding {
+		cl.ReleaseRetry()
+		*holding = false
+	}
+	// A refused breaker counts upstream_rq_retry_overflow itself.
+	if !cl.AcquireRetry() {
+		return false
+	}
+	*holding = true
 	*retries++
 	cs.RqRetry.Inc()
 	if p.PreviousHosts {
@@ -378,6 +426,40 @@ func (rt *router) takeRetry(cl core.Cluster, p *route.RetryPolicy, retries *uint
 		}
 	}
 	return true
+}
+
+var errRouteTimeout = errors.New("route timeout")
+
+// routeTimeout returns ctx cancelled with errRouteTimeout d after the
+// downstream request is complete, which is when Envoy starts the route
+// timeout: at once for a request without a body, else at the body's end, so
+// a slow upload or a client stream is not cut short.
+func routeTimeout(parent context.Context, d time.Duration, body *countingBody) (context.Context, func()) {
+	ctx, cancel := context.WithCancelCause(parent)
+	if body == nil {
+		t := time.AfterFunc(d, func() { cancel(errRouteTimeout) })
+		return ctx, func() { t.Stop(); cancel(nil) }
+	}
+	var mu sync.Mutex
+	var t *time.Timer
+	stopped := false
+	start := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if t == nil && !stopped {
+			t = time.AfterFunc(d, func() { cancel(errRouteTimeout) })
+		}
+	}
+	body.onEOF(start)
+	return ctx, func() {
+		mu.Lock()
+		stopped = true
+		if t != nil {
+			t.Stop()
+		}
+		mu.Unlock()
+		cancel(nil)
+	}
 }
 
 // backoff waits Envoy's jittered back-off before retry n; false means the
@@ -575,7 +657,6 @@ func sendMirror(cl core.Cluster, r *http.Request, ci *core.ConnInfo, timeout tim
 		return
 	}
 	if !cl.AcquireRequest() {
-		cl.Stats().RqPendingOverflow.Inc()
 		return
 	}
 	defer cl.ReleaseRequest()

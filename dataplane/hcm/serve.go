@@ -18,6 +18,7 @@ import (
 type hcmStats struct {
 	rqTotal, rq1xx, rq2xx, rq3xx, rq4xx, rq5xx *stats.Counter
 	rqActive                                   *stats.Gauge
+	rqHTTP1, rqHTTP2                           *stats.Counter
 	cxTotal, cxHTTP1, cxHTTP2                  *stats.Counter
 	cxActive                                   *stats.Gauge
 	noRoute, noCluster, direct, redirect       *stats.Counter
@@ -31,6 +32,7 @@ func newHCMStats(st *stats.Store, prefix string) *hcmStats {
 		rq1xx: sc.Counter("downstream_rq_1xx"), rq2xx: sc.Counter("downstream_rq_2xx"),
 		rq3xx: sc.Counter("downstream_rq_3xx"), rq4xx: sc.Counter("downstream_rq_4xx"),
 		rq5xx:   sc.Counter("downstream_rq_5xx"),
+		rqHTTP1: sc.Counter("downstream_rq_http1_total"), rqHTTP2: sc.Counter("downstream_rq_http2_total"),
 		cxTotal: sc.Counter("downstream_cx_total"), cxActive: sc.Gauge("downstream_cx_active"),
 		cxHTTP1: sc.Counter("downstream_cx_http1_total"), cxHTTP2: sc.Counter("downstream_cx_http2_total"),
 		noRoute: sc.Counter("no_route"), noCluster: sc.Counter("no_cluster"),
@@ -73,10 +75,18 @@ func (cm *ConnectionManager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.grpc = true
 	}
 	c.stats.rqTotal.Inc()
+	if r.ProtoMajor == 2 {
+		c.stats.rqHTTP2.Inc()
+	} else {
+		c.stats.rqHTTP1.Inc()
+	}
 	c.stats.rqActive.Inc()
 	defer cm.finish(s)
 
 	c.mutateRequestHeaders(s)
+	if (c.normalizePath || c.mergeSlashes) && r.URL != nil {
+		normalizePath(r.URL, c.normalizePath, c.mergeSlashes)
+	}
 	if t := c.table(); t != nil {
 		s.Route = t.Select(r)
 	}
@@ -96,7 +106,7 @@ func (cm *ConnectionManager) finish(s *Stream) {
 	if s.status == 0 {
 		if p := recover(); p != nil {
 			s.Flags |= core.DownstreamConnectionTermination
-			cm.log(s)
+			cm.complete(s)
 			streamPool.Put(s)
 			panic(p)
 		}
@@ -104,7 +114,7 @@ func (cm *ConnectionManager) finish(s *Stream) {
 	}
 	c.stats.countStatus(s.status)
 	c.stats.rqTime.Record(float64(time.Since(s.Start).Microseconds()) / 1000)
-	cm.log(s)
+	cm.complete(s)
 	if p := recover(); p != nil {
 		streamPool.Put(s)
 		panic(p)
@@ -113,14 +123,19 @@ func (cm *ConnectionManager) finish(s *Stream) {
 	streamPool.Put(s)
 }
 
-func (cm *ConnectionManager) log(s *Stream) {
+// complete runs the done hooks and writes the access log lines of a finished
+// stream.
+func (cm *ConnectionManager) complete(s *Stream) {
+	for i := 0; i < s.ndone; i++ {
+		s.doneHooks[i].OnStreamDone(s)
+	}
 	for _, l := range cm.cfg.logs {
 		l.log(s)
 	}
 }
 
 // hopByHop are the connection-specific headers a proxy never forwards.
-var hopByHop = [...]string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade", "Proxy-Authenticate", "Proxy-Authorization"}
+var hopByHop = [...]string{"Connection", "Keep-Alive", "Proxy-Connection", "Transfer-Encoding", "Upgrade"}
 
 // removeHopByHop deletes hop-by-hop headers and those named in Connection.
 // keepUpgrade leaves Connection and Upgrade for a WebSocket handshake.
@@ -225,6 +240,7 @@ func (c *config) mutateRequestHeaders(s *Stream) {
 
 var (
 	trueValue  = []string{"true"}
+	emptyValue = []string{""}
 	httpValue  = []string{"http"}
 	httpsValue = []string{"https"}
 )

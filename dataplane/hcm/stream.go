@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +20,13 @@ import (
 // to add its headers to upstream responses.
 type ResponseHook interface {
 	OnResponseHeaders(s *Stream, status int)
+}
+
+// DoneHook runs when a stream has finished (response sent or stream
+// reset), before its access log line is written; statistics filters use
+// it to record the outcome.
+type DoneHook interface {
+	OnStreamDone(s *Stream)
 }
 
 // Stream is one HTTP request as it passes the filter chain. Streams are
@@ -47,20 +55,92 @@ type Stream struct {
 	hooks       [4]ResponseHook
 	nhooks      int
 	upstreamDur time.Duration
+	attempts    int
+	doneHooks   [4]DoneHook
+	ndone       int
+	meta        []metaEntry
 }
+
+// metaEntry is one namespace of per-stream dynamic metadata; a slice
+// instead of a map because a stream carries few and most carry none.
+type metaEntry struct {
+	ns string
+	v  any
+}
+
+// SetMetadata stores per-stream dynamic metadata under namespace ns
+// (Envoy's dynamic metadata, e.g. "envoy.filters.http.jwt_authn" with the
+// verified claims for RBAC to read), replacing any earlier value.
+func (s *Stream) SetMetadata(ns string, v any) {
+	for i := range s.meta {
+		if s.meta[i].ns == ns {
+			s.meta[i].v = v
+			return
+		}
+	}
+	s.meta = append(s.meta, metaEntry{ns: ns, v: v})
+}
+
+// Metadata returns the dynamic metadata of namespace ns, nil when unset.
+func (s *Stream) Metadata(ns string) any {
+	for i := range s.meta {
+		if s.meta[i].ns == ns {
+			return s.meta[i].v
+		}
+	}
+	return nil
+}
+
+// AddDoneHook registers h to run when the stream finishes. At most four
+// hooks per stream; more are ignored.
+func (s *Stream) AddDoneHook(h DoneHook) {
+	if s.ndone < len(s.doneHooks) {
+		s.doneHooks[s.ndone] = h
+		s.ndone++
+	}
+}
+
+// BytesSent is the response body bytes written so far.
+func (s *Stream) BytesSent() int64 { return s.bytesSent }
 
 // countingBody counts request body bytes for BYTES_RECEIVED. It is not
 // part of the pooled Stream because an upstream transport may still read
 // the body after the stream is done.
 type countingBody struct {
-	rc io.ReadCloser
-	n  atomic.Int64
+	rc  io.ReadCloser
+	n   atomic.Int64
+	mu  sync.Mutex // guards eof and done
+	eof bool
+	// done runs once when the body has been read to its end.
+	done func()
 }
 
 func (b *countingBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	b.n.Add(int64(n))
+	if err == io.EOF {
+		b.mu.Lock()
+		f := b.done
+		first := !b.eof
+		b.eof = true
+		b.mu.Unlock()
+		if first && f != nil {
+			f()
+		}
+	}
 	return n, err
+}
+
+// onEOF arranges for f to run when the body is complete: now if it
+// already is, else from the Read that sees its end.
+func (b *countingBody) onEOF(f func()) {
+	b.mu.Lock()
+	eof := b.eof
+	b.done = f
+	b.mu.Unlock()
+	if eof {
+		f()
+	}
 }
 
 // BytesReceived is the request body bytes read so far.
@@ -76,7 +156,8 @@ func (b *countingBody) Close() error { return b.rc.Close() }
 // Header returns the response header map to fill before WriteHeader.
 func (s *Stream) Header() http.Header { return s.w.Header() }
 
-// WriteHeader runs the response hooks and sends the status line.
+// WriteHeader runs the response hooks, adds the HCM's response headers
+// (and the flags header when any flag is set) and sends the status line.
 func (s *Stream) WriteHeader(code int) {
 	if s.status != 0 {
 		return
@@ -85,6 +166,10 @@ func (s *Stream) WriteHeader(code int) {
 	h := s.w.Header()
 	for i := 0; i < s.nhooks; i++ {
 		s.hooks[i].OnResponseHeaders(s, code)
+	}
+	// Any response the proxy shaped (local, retried out, delayed) says why.
+	if s.Flags != 0 {
+		h[hdrResponseFlags] = []string{s.Flags.String()}
 	}
 	c := s.cm.cfg
 	c.finishResponseHeaders(h)
@@ -145,6 +230,8 @@ func (s *Stream) PerFilterConfig(name string) *anypb.Any {
 // SendLocalReply answers the request from the proxy, as Envoy's
 // sendLocalReply does: a text/plain body and the flags header for HTTP, a
 // trailers-only response with the mapped grpc-status for gRPC requests.
+// Once response headers are out it can only reset the stream: it panics
+// with http.ErrAbortHandler, which net/http turns into a reset.
 func (s *Stream) SendLocalReply(code int, body string, flags core.ResponseFlags) {
 	s.localReply(code, -1, body, flags)
 }
@@ -165,9 +252,6 @@ func (s *Stream) localReply(code, grpcStatus int, body string, flags core.Respon
 	// Headers a filter set for this reply (x-envoy-overloaded,
 	// www-authenticate, ...) stay.
 	h := s.w.Header()
-	if flags != 0 {
-		h[hdrResponseFlags] = []string{s.Flags.String()}
-	}
 	if s.grpc {
 		h[hdrContentType] = []string{"application/grpc"}
 		if grpcStatus < 0 {
@@ -251,6 +335,7 @@ const (
 	hdrXFF                 = "X-Forwarded-For"
 	hdrXFP                 = "X-Forwarded-Proto"
 	hdrServer              = "Server"
+	hdrUserAgent           = "User-Agent"
 	hdrVia                 = "Via"
 	hdrConnection          = "Connection"
 	hdrUpgrade             = "Upgrade"
@@ -267,7 +352,7 @@ const (
 	hdrDecoratorOperation  = "X-Envoy-Decorator-Operation"
 	hdrExternalAddress     = "X-Envoy-External-Address"
 	hdrInternal            = "X-Envoy-Internal"
-	hdrOriginalPath        = "X-Envoy-Original-Path"
+	hdrOriginalDstHost     = "X-Envoy-Original-Dst-Host"
 	hdrFaultDelay          = "X-Envoy-Fault-Delay-Request"
 	hdrFaultDelayPct       = "X-Envoy-Fault-Delay-Request-Percentage"
 	hdrFaultAbort          = "X-Envoy-Fault-Abort-Request"

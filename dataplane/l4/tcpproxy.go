@@ -92,7 +92,9 @@ type Observer interface {
 	SessionClosed(s *Session)
 }
 
-// Session is one proxied connection.
+// Session is one proxied connection. Cluster, Host and Flags are final when
+// SessionClosed is called; while the session is open only the byte counts
+// may be read from other goroutines.
 type Session struct {
 	Info    *core.ConnInfo
 	Cluster string
@@ -275,7 +277,7 @@ func (p *TCPProxy) connect(s *Session) (net.Conn, error) {
 	if p.hashSourceIP {
 		if ta, ok := s.Info.RemoteAddr.(*net.TCPAddr); ok {
 			h := fnv.New64a()
-			h.Write(ta.IP)
+			h.Write(ta.AddrPort().Addr().Unmap().AsSlice())
 			lb.Hash, lb.HasHash = h.Sum64(), true
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
@@ -53,10 +54,12 @@ type testCluster struct {
 	hosts []*testHost
 	next  atomic.Uint64
 	st    *core.ClusterStats
+	lb    atomic.Pointer[core.LBContext] // the last balancer input
 }
 
 func (c *testCluster) Name() string { return c.name }
-func (c *testCluster) ChooseHost(*core.LBContext) core.Host {
+func (c *testCluster) ChooseHost(lb *core.LBContext) core.Host {
+	c.lb.Store(lb)
 	if len(c.hosts) == 0 {
 		return nil
 	}
@@ -308,6 +311,18 @@ func TestConnectAttemptsAndFailureFlags(t *testing.T) {
 	if got := st.CounterValue("tcp.missing.downstream_cx_no_route"); got != 1 {
 		t.Errorf("downstream_cx_no_route = %d", got)
 	}
+	// hash_policy source_ip gives consistent-hash balancers a key from the
+	// client address, the same for every connection from it.
+	cfg = cluster("flaky")
+	cfg.MaxConnectAttempts = wrapperspb.UInt32(2)
+	cfg.HashPolicy = []*typev3.HashPolicy{{PolicySpecifier: &typev3.HashPolicy_SourceIp_{SourceIp: &typev3.HashPolicy_SourceIp{}}}}
+	run(cfg)
+	first := cs["flaky"].lb.Load()
+	run(cfg)
+	second := cs["flaky"].lb.Load()
+	if !first.HasHash || first.Hash != second.Hash || first.Downstream == nil {
+		t.Errorf("source_ip hash: %+v then %+v", first, second)
+	}
 	if h := cs["down"].hosts[0]; h.failed.Load() != 0 {
 		t.Errorf("unused host observed failures")
 	}
@@ -344,7 +359,7 @@ func TestIdleTimeout(t *testing.T) {
 	cs := clusterMap{"silent": newCluster(st, "silent", echoServer(t, "")), "chatty": newCluster(st, "chatty", chatty.Addr().String())}
 	mk := func(name string) string {
 		cfg := cluster(name)
-		cfg.IdleTimeout = durationpb.New(300 * time.Millisecond)
+		cfg.IdleTimeout = durationpb.New(500 * time.Millisecond)
 		p, err := NewTCPProxy(cfg, cs, st)
 		if err != nil {
 			t.Fatal(err)
@@ -357,19 +372,48 @@ func TestIdleTimeout(t *testing.T) {
 	if n != 0 || err == nil {
 		t.Fatalf("silent session: read %d, %v; want closed", n, err)
 	}
-	if el := time.Since(start); el < 250*time.Millisecond || el > 5*time.Second {
-		t.Errorf("silent session closed after %v, want about 300ms", el)
+	if el := time.Since(start); el < 450*time.Millisecond || el > 5*time.Second {
+		t.Errorf("silent session closed after %v, want about 500ms", el)
 	}
 	if got := st.CounterValue("tcp.silent.idle_timeout"); got != 1 {
 		t.Errorf("idle_timeout = %d", got)
 	}
-	// 20 bytes over ~800 ms, more than twice the idle timeout, all arrive.
+	// 20 bytes over ~800 ms, well past the idle timeout, all arrive.
 	c = dial(t, mk("chatty"))
 	got, _ := io.ReadAll(io.LimitReader(c, 20))
 	if len(got) != 20 {
 		t.Errorf("chatty session got %d bytes before closing, want 20", len(got))
 	}
 	c.Close()
+}
+
+func TestMaxDownstreamConnectionDuration(t *testing.T) {
+	st := stats.New()
+	cs := clusterMap{"echo": newCluster(st, "echo", echoServer(t, ""))}
+	cfg := cluster("echo")
+	cfg.MaxDownstreamConnectionDuration = durationpb.New(300 * time.Millisecond)
+	p, err := NewTCPProxy(cfg, cs, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := dial(t, serveProxy(t, p))
+	start := time.Now()
+	// Keep the session busy: the limit applies to active sessions too.
+	go func() {
+		for range 100 {
+			if _, err := c.Write([]byte("x")); err != nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	io.Copy(io.Discard, c)
+	if el := time.Since(start); el < 250*time.Millisecond || el > 5*time.Second {
+		t.Errorf("session lasted %v, want about 300ms", el)
+	}
+	if got := st.CounterValue("tcp.echo.max_downstream_connection_duration"); got != 1 {
+		t.Errorf("max_downstream_connection_duration = %d", got)
+	}
 }
 
 func TestDrainWithCheckDrainClose(t *testing.T) {

@@ -65,6 +65,9 @@ func TestChainSelectionByInspectors(t *testing.T) {
 	if s.info.TLS == nil || s.info.TLS.NegotiatedProtocol != "h2" || s.info.SNI != "api.example.com" || s.info.TransportProtocol != "tls" {
 		t.Errorf("exact SNI: info %+v", s.info)
 	}
+	if got := st.CounterValue("listener.127.0.0.1_0.ssl.handshake"); got != 1 {
+		t.Errorf("ssl.handshake = %d", got)
+	}
 	io.WriteString(tc, "ping\n")
 	if got := readLine(t, tc); got != "ping" {
 		t.Errorf("echo over TLS: %q", got)
@@ -212,7 +215,9 @@ func TestListenerFiltersTimeout(t *testing.T) {
 			FilterChains:                     []*listenerv3.FilterChain{fchain("any", nil)},
 		}
 	}
-	for _, l := range []*listenerv3.Listener{mk("cont", true), mk("strict", false)} {
+	patient := mk("patient", false)
+	patient.ListenerFiltersTimeout = durationpb.New(10 * time.Second)
+	for _, l := range []*listenerv3.Listener{mk("cont", true), mk("strict", false), patient} {
 		if err := m.AddOrUpdate(l); err != nil {
 			t.Fatal(err)
 		}
@@ -237,14 +242,15 @@ func TestListenerFiltersTimeout(t *testing.T) {
 	if got := st.CounterValue("listener.strict.downstream_pre_cx_timeout"); got != 1 {
 		t.Errorf("downstream_pre_cx_timeout = %d", got)
 	}
-	// A client speaking a non-TLS, non-HTTP protocol first goes straight through.
+	// A client speaking a non-TLS, non-HTTP protocol first goes straight
+	// through, long before the 10s timeout.
 	start = time.Now()
-	c = dialListener(t, m, "strict")
+	c = dialListener(t, m, "patient")
 	io.WriteString(c, "\x00binary\n")
-	if got := readLine(t, c); got != "strict/any" {
+	if got := readLine(t, c); got != "patient/any" {
 		t.Errorf("got %q", got)
 	}
-	if el := time.Since(start); el > 200*time.Millisecond {
+	if el := time.Since(start); el > 3*time.Second {
 		t.Errorf("speaking client waited %v for the listener filters", el)
 	}
 	f.next(t)
@@ -258,7 +264,7 @@ func TestUseOriginalDstHandOff(t *testing.T) {
 	f := newFactory()
 	st := stats.New()
 	od, queue := queueOriginalDst()
-	m := newTestManager(t, f, Options{Stats: st, OriginalDst: od})
+	m := newTestManager(t, f, Options{Stats: st, OriginalDst: od, DrainTime: 200 * time.Millisecond})
 	listeners := []*listenerv3.Listener{
 		{
 			Name: "virtualOutbound", Address: sockAddr("127.0.0.1", 0),
@@ -297,6 +303,9 @@ func TestUseOriginalDstHandOff(t *testing.T) {
 			t.Errorf("%s %q: served by %q, want %s/%s", tc.dst, tc.send, got, tc.listener, tc.chain)
 		}
 		s := f.next(t)
+		if s.info.TransportProtocol != "raw_buffer" {
+			t.Errorf("%s: transport protocol %q, want Envoy's default raw_buffer", tc.dst, s.info.TransportProtocol)
+		}
 		if s.listener != tc.listener || s.info.OriginalDst.String() != tc.dst {
 			t.Errorf("%s: info %+v", tc.dst, s.info)
 		}
@@ -304,6 +313,37 @@ func TestUseOriginalDstHandOff(t *testing.T) {
 	}
 	if got := st.CounterValue("listener.0.0.0.0_9080.downstream_cx_total"); got != 2 {
 		t.Errorf("0.0.0.0_9080 downstream_cx_total = %d, want 2", got)
+	}
+
+	// A handed-off connection belongs to its target: updating
+	// virtualOutbound leaves it alone, updating 0.0.0.0_9080 drains it.
+	queue <- net.TCPAddrFromAddrPort(mustAddrPort("198.19.0.1:9080"))
+	c := dialListener(t, m, "virtualOutbound")
+	br := bufio.NewReader(c)
+	io.WriteString(c, "hello\n")
+	if line, _ := br.ReadString('\n'); line != "0.0.0.0_9080/tcp\n" {
+		t.Fatalf("greeting %q", line)
+	}
+	f.next(t)
+	listeners[0].StatPrefix = "vo2"
+	if err := m.AddOrUpdate(listeners[0]); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(600 * time.Millisecond) // three drain times
+	io.WriteString(c, "still there\n")
+	if line, _ := br.ReadString('\n'); line != "hello\n" {
+		t.Errorf("after a virtualOutbound update: %q", line)
+	}
+	if line, _ := br.ReadString('\n'); line != "still there\n" {
+		t.Errorf("handed-off connection closed by a virtualOutbound update: %q", line)
+	}
+	listeners[1].StatPrefix = "t2"
+	if err := m.AddOrUpdate(listeners[1]); err != nil {
+		t.Fatal(err)
+	}
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadString('\n'); err == nil || isTimeout(err) {
+		t.Errorf("handed-off connection survived its own listener's drain: %v", err)
 	}
 }
 
@@ -470,7 +510,7 @@ func TestDrainAllAndInboundOnly(t *testing.T) {
 		}
 	}
 	inAddr, outAddr := m.Addr("virtualInbound").String(), m.Addr("virtualOutbound").String()
-	m.DrainListeners(true)
+	m.DrainListeners(true, false)
 	if _, err := net.DialTimeout("tcp", inAddr, time.Second); err == nil {
 		t.Error("inbound listener still accepts after inbound-only drain")
 	}
@@ -482,6 +522,33 @@ func TestDrainAllAndInboundOnly(t *testing.T) {
 	if _, err := net.DialTimeout("tcp", outAddr, time.Second); err == nil {
 		t.Error("outbound listener still accepts after DrainAll")
 	}
+	// Graceful: still accepting, but handlers drain; closed after the
+	// drain time. (A fresh manager: DrainAll above ended this one.)
+	f2 := newFactory()
+	f2.drainable = true
+	m2 := newTestManager(t, f2, Options{DrainTime: 400 * time.Millisecond})
+	if err := m2.AddOrUpdate(&listenerv3.Listener{Name: "g", Address: sockAddr("127.0.0.1", 0), FilterChains: []*listenerv3.FilterChain{fchain("c", nil)}}); err != nil {
+		t.Fatal(err)
+	}
+	gAddr := m2.Addr("g").String()
+	start := time.Now()
+	m2.DrainListeners(false, true)
+	gc := dialListener(t, m2, "g")
+	io.WriteString(gc, "req\n")
+	if line, _ := bufio.NewReader(gc).ReadString('\n'); line != "resp close\n" {
+		t.Errorf("new connection during graceful drain: %q, want a drained response", line)
+	}
+	waitFor(t, func() bool {
+		c, err := net.DialTimeout("tcp", gAddr, time.Second)
+		if err == nil {
+			c.Close()
+		}
+		return err != nil
+	})
+	if el := time.Since(start); el < 350*time.Millisecond {
+		t.Errorf("graceful drain stopped accepting after %v, before the 400ms drain time", el)
+	}
+
 	// Updates after a full drain are accepted but not bound.
 	in.StatPrefix = "changed"
 	if err := m.AddOrUpdate(in); err != nil || len(m.Names()) != 0 {
@@ -505,16 +572,16 @@ func TestBindValidateAndAdminOutput(t *testing.T) {
 	if slices.Contains(m.Names(), "b") {
 		t.Error("failed listener was added")
 	}
-	// Moving a listener to a new address rebinds it and frees the old one.
-	a2 := &listenerv3.Listener{Name: "a", Address: sockAddr("127.0.0.1", 0), StatPrefix: "moved", FilterChains: []*listenerv3.FilterChain{fchain("c", nil)}}
-	a2.Address = sockAddr("::1", 0)
+	// Moving a listener to new addresses (a main and an additional one)
+	// rebinds it and frees the old address.
+	a2 := &listenerv3.Listener{Name: "a", Address: sockAddr("127.0.0.1", 0), StatPrefix: "moved",
+		AdditionalAddresses: []*listenerv3.AdditionalAddress{{Address: sockAddr("127.0.0.1", 0)}},
+		FilterChains:        []*listenerv3.FilterChain{fchain("c", nil)}}
 	if err := m.AddOrUpdate(a2); err != nil {
-		// No IPv6 loopback in this sandbox: move within IPv4 instead.
-		a2.Address = sockAddr("127.0.0.1", 0)
-		a2.AdditionalAddresses = []*listenerv3.AdditionalAddress{{Address: sockAddr("127.0.0.1", 0)}}
-		if err := m.AddOrUpdate(a2); err != nil {
-			t.Fatal(err)
-		}
+		t.Fatal(err)
+	}
+	if m.Addr("a").(*net.TCPAddr).Port == int(port) {
+		t.Fatal("listener a did not move")
 	}
 	if b.Address = sockAddr("127.0.0.1", port); m.AddOrUpdate(b) != nil {
 		t.Errorf("old address of a not freed: %v", m.AddOrUpdate(b))
@@ -533,6 +600,36 @@ func TestBindValidateAndAdminOutput(t *testing.T) {
 	}
 	var js bytes.Buffer
 	m.WriteListeners(&js, true)
+	if !strings.Contains(js.String(), "additional_local_addresses") {
+		t.Errorf("json lacks the additional address:\n%s", js.String())
+	}
+	// The additional address serves too.
+	var extra struct {
+		Statuses []struct {
+			Additional []struct {
+				SocketAddress struct {
+					Address   string `json:"address"`
+					PortValue int    `json:"port_value"`
+				} `json:"socket_address"`
+			} `json:"additional_local_addresses"`
+		} `json:"listener_statuses"`
+	}
+	json.Unmarshal(js.Bytes(), &extra)
+	if len(extra.Statuses) > 0 && len(extra.Statuses[0].Additional) == 1 {
+		sa := extra.Statuses[0].Additional[0].SocketAddress
+		c, err := net.DialTimeout("tcp", net.JoinHostPort(sa.Address, strconv.Itoa(sa.PortValue)), 5*time.Second)
+		if err != nil {
+			t.Fatalf("additional address: %v", err)
+		}
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if got := readLine(t, c); got != "a/c" {
+			t.Errorf("additional address serves %q", got)
+		}
+		c.Close()
+		f.next(t)
+	} else {
+		t.Errorf("additional address missing from json: %s", js.String())
+	}
 	var parsed struct {
 		Statuses []struct {
 			Name         string `json:"name"`
@@ -644,4 +741,7 @@ func TestFilterDisabledAndHandshakeTimeout(t *testing.T) {
 	if el := time.Since(start); el < 150*time.Millisecond || el > 5*time.Second {
 		t.Errorf("handshake abandoned after %v, want about 200ms", el)
 	}
+	waitFor(t, func() bool {
+		return m.o.Stats.CounterValue("listener.127.0.0.1_0.downstream_cx_transport_socket_connect_timeout") == 1
+	})
 }

@@ -40,7 +40,10 @@ const DefaultDrainTime = 10 * time.Second
 
 // ChainFactory builds a filter chain's network filters (the integrator
 // implements it with tcp_proxy and the HTTP connection manager). The
-// returned handler may also implement core.Drainer and io.Closer.
+// returned handler may also implement core.Drainer and io.Closer. It is
+// called on every build (Validate, each changed config) and must return a
+// fresh handler each time: a replaced generation's handlers are drained and
+// then closed while the new ones serve.
 type ChainFactory interface {
 	NetworkFilters(l *listenerv3.Listener, fc *listenerv3.FilterChain) (core.ConnHandler, error)
 }
@@ -104,6 +107,8 @@ type generation struct {
 type listenerStats struct {
 	cxTotal, cxDestroy, noChain, preTimeout *stats.Counter
 	cxActive, preActive                     *stats.Gauge
+	cxLength                                *stats.Histogram
+	sslHandshake, sslError, tsTimeout       *stats.Counter
 }
 
 // NewManager returns a Manager with no listeners.
@@ -231,27 +236,64 @@ func (m *Manager) Remove(name string) {
 
 // DrainAll stops accepting on every listener and drains their connections
 // (graceful shutdown, admin /drain_listeners). Later updates are not bound.
-func (m *Manager) DrainAll() { m.DrainListeners(false) }
+func (m *Manager) DrainAll() { m.DrainListeners(false, false) }
 
-// DrainListeners is /drain_listeners: with inboundOnly, only listeners
-// whose traffic_direction is INBOUND stop and drain.
-func (m *Manager) DrainListeners(inboundOnly bool) {
+// DrainListeners is admin /drain_listeners. With inboundOnly only listeners
+// whose traffic_direction is INBOUND drain. Without graceful they stop
+// accepting at once and their connections get the drain time; with
+// graceful their handlers are told to drain now while the listeners keep
+// accepting (new connections are served in drain mode, e.g. HTTP/1 with
+// Connection: close) until the drain time ends, then everything closes.
+func (m *Manager) DrainListeners(inboundOnly, graceful bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for name, a := range m.listeners {
+	var sel []*active
+	for _, a := range m.listeners {
 		if inboundOnly && a.cur.Load().c.cfg.GetTrafficDirection() != corev3.TrafficDirection_INBOUND {
 			continue
 		}
-		delete(m.listeners, name)
-		a.stop()
-		m.drainGeneration(a.cur.Load())
-		m.st.listenerStopped.Inc()
-		m.st.active.Dec()
+		sel = append(sel, a)
 	}
 	if !inboundOnly {
 		m.drained = true
 	}
-	m.reindex()
+	if !graceful {
+		for _, a := range sel {
+			m.stopListener(a)
+			m.drainGeneration(a.cur.Load())
+		}
+		m.reindex()
+		return
+	}
+	for _, a := range sel {
+		for _, h := range a.cur.Load().c.handlers {
+			if d, ok := h.(core.Drainer); ok {
+				d.Drain()
+			}
+		}
+	}
+	time.AfterFunc(m.o.DrainTime, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		for _, a := range sel {
+			if m.listeners[a.name] != a {
+				continue // replaced or removed meanwhile; that path drains it
+			}
+			m.stopListener(a)
+			g := a.cur.Load()
+			g.closeAll()
+			closeHandlers(g.c)
+		}
+		m.reindex()
+	})
+}
+
+// stopListener takes a out of service; m.mu held.
+func (m *Manager) stopListener(a *active) {
+	delete(m.listeners, a.name)
+	a.stop()
+	m.st.listenerStopped.Inc()
+	m.st.active.Dec()
 }
 
 // Close stops every listener and closes every connection now.
@@ -397,6 +439,9 @@ func (m *Manager) newGeneration(c *compiled) *generation {
 		cxTotal: sc.Counter("downstream_cx_total"), cxDestroy: sc.Counter("downstream_cx_destroy"),
 		noChain: sc.Counter("no_filter_chain_match"), preTimeout: sc.Counter("downstream_pre_cx_timeout"),
 		cxActive: sc.Gauge("downstream_cx_active"), preActive: sc.Gauge("downstream_pre_cx_active"),
+		cxLength:     sc.Histogram("downstream_cx_length_ms"),
+		sslHandshake: sc.Counter("ssl.handshake"), sslError: sc.Counter("ssl.connection_error"),
+		tsTimeout: sc.Counter("downstream_cx_transport_socket_connect_timeout"),
 	}}
 }
 
@@ -563,9 +608,11 @@ func (m *Manager) serveChain(g *generation, raw, conn net.Conn, info *core.ConnI
 	}
 	g.st.cxTotal.Inc()
 	g.st.cxActive.Inc()
+	start := time.Now()
 	defer func() {
 		g.st.cxActive.Dec()
 		g.st.cxDestroy.Inc()
+		g.st.cxLength.Record(float64(time.Since(start).Microseconds()) / 1000)
 	}()
 	info.FilterChainName = ch.name
 	if ch.tls != nil {
@@ -576,10 +623,16 @@ func (m *Manager) serveChain(g *generation, raw, conn net.Conn, info *core.ConnI
 		err := tc.Handshake()
 		conn.SetDeadline(time.Time{})
 		if err != nil {
+			if isTimeout(err) {
+				g.st.tsTimeout.Inc()
+			} else {
+				g.st.sslError.Inc()
+			}
 			m.log.Debug("TLS handshake failed", "listener", info.ListenerName, "chain", ch.name, "error", err)
 			raw.Close()
 			return
 		}
+		g.st.sslHandshake.Inc()
 		st := tc.ConnectionState()
 		info.TLS = &st
 		conn = tc
@@ -595,6 +648,9 @@ func ptr[T any](v T) *T { return &v }
 func (m *Manager) runFilters(g *generation, conn net.Conn, info *core.ConnInfo) (net.Conn, bool) {
 	c := g.c
 	if len(c.filters) == 0 {
+		if info.TransportProtocol == "" {
+			info.TransportProtocol = "raw_buffer" // Envoy's default when nothing detected
+		}
 		return conn, true
 	}
 	pc, wrapped := conn.(*peekConn)

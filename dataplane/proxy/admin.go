@@ -12,11 +12,9 @@ import (
 	"time"
 
 	adminv3 "github.com/envoyproxy/go-control-plane/envoy/admin/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiff-mesh/skiff/dataplane/admin"
-	"github.com/skiff-mesh/skiff/dataplane/compile"
 	"github.com/skiff-mesh/skiff/dataplane/xdstypes"
 )
 
@@ -99,23 +97,9 @@ func (p *Proxy) AdminAddr() net.Addr {
 	return p.adminLn.Addr()
 }
 
-// DrainListeners implements admin.Controller. Only inbound listeners are
-// drained when asked (traffic_direction INBOUND), as Envoy does.
+// DrainListeners implements admin.Controller.
 func (p *Proxy) DrainListeners(inboundOnly, graceful bool) {
-	if !inboundOnly {
-		go p.listeners.DrainAll()
-		return
-	}
-	st := p.cfg.Snapshot()
-	for _, set := range []map[string]*compile.Resource{st.Static[xdstypes.Listener], st.Dynamic[xdstypes.Listener]} {
-		for name, r := range set {
-			if l, ok := r.Message.(interface {
-				GetTrafficDirection() corev3.TrafficDirection
-			}); ok && l.GetTrafficDirection() == corev3.TrafficDirection_INBOUND {
-				go p.listeners.Remove(name)
-			}
-		}
-	}
+	p.listeners.DrainListeners(inboundOnly, graceful)
 }
 
 // SetHealthCheckFailed implements admin.Controller; /ready already follows

@@ -12,6 +12,7 @@ package tlsctx
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -42,11 +43,16 @@ func ServerConfig(c *tlsv3.DownstreamTlsContext, secrets core.Secrets) (*tls.Con
 		return nil, fmt.Errorf("downstream_tls_context.common_tls_context.%w", err)
 	}
 	cfg := &tls.Config{NextProtos: ctc.GetAlpnProtocols()}
-	if err := applyParams(cfg, ctc.GetTlsParams()); err != nil {
+	if err := applyParams(cfg, ctc.GetTlsParams(), false); err != nil {
 		return nil, fmt.Errorf("downstream_tls_context.common_tls_context.tls_params.%w", err)
 	}
+	requireSNI := c.GetRequireSni().GetValue()
 	cfg.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-		return pickCertificate(certs, hello)
+		cert, err := pickCertificate(certs, hello)
+		if err == nil && requireSNI {
+			err = checkSNI(cert, hello.ServerName)
+		}
+		return cert, err
 	}
 	require := c.GetRequireClientCertificate().GetValue()
 	if require && val == nil {
@@ -96,7 +102,7 @@ func ClientConfig(c *tlsv3.UpstreamTlsContext, secrets core.Secrets) (*tls.Confi
 		// validation context it does not verify the server at all.
 		InsecureSkipVerify: true,
 	}
-	if err := applyParams(cfg, ctc.GetTlsParams()); err != nil {
+	if err := applyParams(cfg, ctc.GetTlsParams(), true); err != nil {
 		return nil, fmt.Errorf("upstream_tls_context.common_tls_context.tls_params.%w", err)
 	}
 	if len(certs) > 0 {
@@ -179,9 +185,10 @@ func pickCertificate(certs []certSource, hello *tls.ClientHelloInfo) (*tls.Certi
 	if len(certs) == 1 {
 		return certs[0].get()
 	}
-	// Several certificates: the first one the client can use (key type,
-	// SNI), as Envoy selects among tls_certificates.
-	var first *tls.Certificate
+	// Several certificates: as Envoy, prefer one whose names cover the SNI
+	// and whose key the client supports, then any the client supports,
+	// then the first.
+	var first, usable *tls.Certificate
 	var firstErr error
 	for _, s := range certs {
 		c, err := s.get()
@@ -194,14 +201,47 @@ func pickCertificate(certs []certSource, hello *tls.ClientHelloInfo) (*tls.Certi
 		if first == nil {
 			first = c
 		}
-		if hello.SupportsCertificate(c) == nil {
+		if hello.SupportsCertificate(c) != nil {
+			continue
+		}
+		if hello.ServerName != "" && leafOf(c) != nil && leafOf(c).VerifyHostname(hello.ServerName) == nil {
 			return c, nil
 		}
+		if usable == nil {
+			usable = c
+		}
+	}
+	if usable != nil {
+		return usable, nil
 	}
 	if first != nil {
 		return first, nil
 	}
 	return nil, firstErr
+}
+
+// leafOf returns the parsed leaf (tls.X509KeyPair fills it in).
+func leafOf(c *tls.Certificate) *x509.Certificate {
+	if c.Leaf != nil {
+		return c.Leaf
+	}
+	l, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return nil
+	}
+	return l
+}
+
+// checkSNI implements require_sni: the client must name a host the
+// certificate is for.
+func checkSNI(cert *tls.Certificate, sni string) error {
+	if sni == "" {
+		return errors.New("tls: require_sni: the client sent no SNI")
+	}
+	if leaf := leafOf(cert); leaf == nil || leaf.VerifyHostname(sni) != nil {
+		return fmt.Errorf("tls: require_sni: %q does not match the certificate", sni)
+	}
+	return nil
 }
 
 func loadCertificate(tc *tlsv3.TlsCertificate) (*tls.Certificate, error) {
@@ -251,10 +291,14 @@ var tlsVersions = map[tlsv3.TlsParameters_TlsProtocol]uint16{
 }
 
 // applyParams sets protocol versions and TLS 1.2 cipher suites. TLS_AUTO
-// means Envoy's defaults: at least TLS 1.2, at most TLS 1.3.
-func applyParams(cfg *tls.Config, p *tlsv3.TlsParameters) error {
+// means Envoy's defaults: at least TLS 1.2; at most TLS 1.3 for servers and
+// TLS 1.2 for clients.
+func applyParams(cfg *tls.Config, p *tlsv3.TlsParameters, client bool) error {
 	cfg.MinVersion = tls.VersionTLS12
 	cfg.MaxVersion = tls.VersionTLS13
+	if client {
+		cfg.MaxVersion = tls.VersionTLS12
+	}
 	if v, ok := tlsVersions[p.GetTlsMinimumProtocolVersion()]; ok {
 		cfg.MinVersion = v
 	}

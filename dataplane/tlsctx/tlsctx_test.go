@@ -237,6 +237,13 @@ func TestMutualTLSSpiffe(t *testing.T) {
 	if res.got != "hello" {
 		t.Fatalf("client read %q", res.got)
 	}
+	if res.client.Version != tls.VersionTLS12 {
+		t.Errorf("version %x: Envoy's client default maximum is TLS 1.2", res.client.Version)
+	}
+	client.CommonTlsContext.TlsParams = &tlsv3.TlsParameters{TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3}
+	if res := handshake(t, mustServer(t, server, nil), mustClient(t, client, nil)); res.clientErr != nil || res.client.Version != tls.VersionTLS13 {
+		t.Errorf("TLS 1.3 client: %v, version %x", res.clientErr, res.client.Version)
+	}
 	if res.client.NegotiatedProtocol != "h2" {
 		t.Errorf("ALPN = %q, want h2", res.client.NegotiatedProtocol)
 	}
@@ -263,6 +270,9 @@ func TestClientRefusesWrongCAAndWrongSAN(t *testing.T) {
 		{"right CA, wildcard-free DNS SAN", &tlsv3.CertificateValidationContext{TrustedCa: inline(ca.certPEM),
 			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{dnsExact("reviews.example.com")}}, ""},
 		{"wrong CA", &tlsv3.CertificateValidationContext{TrustedCa: inline(other.certPEM)}, "not trusted"},
+		{"wrong CA, ACCEPT_UNTRUSTED, SAN still checked", &tlsv3.CertificateValidationContext{TrustedCa: inline(other.certPEM),
+			TrustChainVerification:    tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED,
+			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{uriExact("spiffe://cluster.local/ns/default/sa/reviews")}}, ""},
 		{"wrong URI SAN", &tlsv3.CertificateValidationContext{TrustedCa: inline(ca.certPEM),
 			MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{uriExact("spiffe://cluster.local/ns/default/sa/ratings")}}, "match none"},
 		{"DNS matcher does not match URI SAN", &tlsv3.CertificateValidationContext{TrustedCa: inline(ca.certPEM),
@@ -410,6 +420,34 @@ func TestFilesPinsVersionsAndSNI(t *testing.T) {
 	}
 }
 
+// With several certificates the one naming the client's SNI is served.
+func TestCertificateSelectionBySNI(t *testing.T) {
+	ca := newCA(t, "ca")
+	ca1, ka, leafA := ca.issue(t, []string{"a.example.com"})
+	cb, kb, leafB := ca.issue(t, []string{"b.example.com"})
+	server := mustServer(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificates: []*tlsv3.TlsCertificate{tlsCert(ca1, ka), tlsCert(cb, kb)}}}, nil)
+	for sni, want := range map[string]*x509.Certificate{"a.example.com": leafA, "b.example.com": leafB, "c.example.com": leafA} {
+		res := handshake(t, server, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if res.clientErr != nil || res.client.PeerCertificates[0].SerialNumber.Cmp(want.SerialNumber) != 0 {
+			t.Errorf("SNI %q: err %v or wrong certificate", sni, res.clientErr)
+		}
+	}
+}
+
+func TestRequireSNI(t *testing.T) {
+	ca := newCA(t, "ca")
+	c, k, _ := ca.issue(t, []string{"*.example.com"})
+	server := mustServer(t, &tlsv3.DownstreamTlsContext{RequireSni: wrapperspb.Bool(true),
+		CommonTlsContext: &tlsv3.CommonTlsContext{TlsCertificates: []*tlsv3.TlsCertificate{tlsCert(c, k)}}}, nil)
+	for sni, ok := range map[string]bool{"a.example.com": true, "": false, "other.org": false} {
+		res := handshake(t, server, &tls.Config{ServerName: sni, InsecureSkipVerify: true})
+		if ok != (res.serverErr == nil && res.got == "hello") {
+			t.Errorf("SNI %q: server error %v, want accepted=%v", sni, res.serverErr, ok)
+		}
+	}
+}
+
 func TestConfigErrorsNameTheField(t *testing.T) {
 	ca := newCA(t, "ca")
 	c, k, _ := ca.issue(t, []string{"x"})
@@ -437,6 +475,11 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 				CommonTlsContext: &tlsv3.CommonTlsContext{TlsCertificates: []*tlsv3.TlsCertificate{tlsCert(c, k)}}}, nil)
 			return err
 		}, "require_client_certificate"},
+		{"SAN match without CA", func() error {
+			_, err := ClientConfig(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{
+				ValidationContext: &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: []*tlsv3.SubjectAltNameMatcher{uriExact("spiffe://x")}}}}}, nil)
+			return err
+		}, "validation_context.match_typed_subject_alt_names / match_subject_alt_names: need trusted_ca"},
 		{"bad cipher", func() error {
 			_, err := ClientConfig(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{TlsParams: &tlsv3.TlsParameters{CipherSuites: []string{"RC4-MD5"}}}}, nil)
 			return err

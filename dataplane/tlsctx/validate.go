@@ -8,7 +8,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -55,7 +54,7 @@ func buildValidator(ctc *tlsv3.CommonTlsContext, secrets core.Secrets) (*validat
 	var def *tlsv3.CertificateValidationContext
 	switch {
 	case ctc.GetValidationContext() != nil:
-		r, err := compileRules(ctc.GetValidationContext())
+		r, err := compileRules(ctc.GetValidationContext(), true)
 		if err != nil {
 			return nil, fmt.Errorf("validation_context.%w", err)
 		}
@@ -66,7 +65,7 @@ func buildValidator(ctc *tlsv3.CommonTlsContext, secrets core.Secrets) (*validat
 		cvc := ctc.GetCombinedValidationContext()
 		def = cvc.GetDefaultValidationContext()
 		// Compile once now so a bad default context is rejected at config time.
-		if _, err := compileRules(def); err != nil {
+		if _, err := compileRules(def, false); err != nil {
 			return nil, fmt.Errorf("combined_validation_context.default_validation_context.%w", err)
 		}
 		sdsName = cvc.GetValidationContextSdsSecretConfig().GetName()
@@ -104,7 +103,7 @@ func (v *validator) rules() (*rules, error) {
 		proto.Merge(m, vc)
 		vc = m
 	}
-	r, err := compileRules(vc)
+	r, err := compileRules(vc, true)
 	if err != nil {
 		err = fmt.Errorf("tls: SDS secret %q: validation_context.%w", v.name, err)
 	}
@@ -120,7 +119,9 @@ func (v *validator) verify(chain []*x509.Certificate) error {
 	return r.verify(chain)
 }
 
-func compileRules(vc *tlsv3.CertificateValidationContext) (*rules, error) {
+// compileRules compiles a validation context. complete is false for a
+// combined context's default half, whose trusted_ca comes later from SDS.
+func compileRules(vc *tlsv3.CertificateValidationContext, complete bool) (*rules, error) {
 	r := &rules{acceptUntrusted: vc.GetTrustChainVerification() == tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED}
 	if vc.GetTrustedCa() != nil {
 		pem, err := readDataSource(vc.GetTrustedCa())
@@ -148,6 +149,11 @@ func compileRules(vc *tlsv3.CertificateValidationContext) (*rules, error) {
 			return nil, fmt.Errorf("match_subject_alt_names[%d].%w", i, err)
 		}
 		r.sans = append(r.sans, sanMatcher{m: sm})
+	}
+	if complete && r.roots == nil && len(r.sans) > 0 {
+		// As Envoy: matching SANs of a certificate nobody vouched for
+		// proves nothing.
+		return nil, errors.New("match_typed_subject_alt_names / match_subject_alt_names: need trusted_ca to verify the chain first")
 	}
 	for i, s := range vc.GetVerifyCertificateSpki() {
 		b, err := base64.StdEncoding.DecodeString(s)
@@ -254,7 +260,7 @@ func sanList(c *x509.Certificate) []string {
 	}
 	out = append(out, c.EmailAddresses...)
 	for _, ip := range c.IPAddresses {
-		out = append(out, net.IP(ip).String())
+		out = append(out, ip.String())
 	}
 	return out
 }

@@ -10,7 +10,10 @@ import (
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	"golang.org/x/net/http2"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
 	"github.com/skiff-mesh/skiff/dataplane/tlsctx"
@@ -23,9 +26,11 @@ type cluster struct {
 	src   *clusterv3.Cluster
 	cfg   *config
 	stats *core.ClusterStats
-	// TLS configurations per protocol (ALPN differs); nil for plaintext.
-	tlsH1, tlsH2, tlsRaw *tls.Config
-	h2t                  *http2.Transport
+	// Transport sockets: the cluster's, and one per transport_socket_matches
+	// entry (same order as cfg.socketMatches).
+	defTLS   *tlsSet
+	matchTLS []*tlsSet
+	h2t      *http2.Transport
 
 	// Circuit breaker occupancy, cluster-wide as in Envoy.
 	cx, pending, rq, retries atomic.Int64
@@ -57,17 +62,17 @@ type slotTaker interface {
 
 func newCluster(m *Manager, src *clusterv3.Cluster, cfg *config) (*cluster, error) {
 	c := &cluster{m: m, src: src, cfg: cfg, overprov: 140, stop: make(chan struct{})}
-	if cfg.upstreamTLS != nil {
-		base, err := tlsctx.ClientConfig(cfg.upstreamTLS, m.o.Secrets)
+	def, err := newTLSSet(cfg.upstreamTLS, m.o.Secrets)
+	if err != nil {
+		return nil, fmt.Errorf("cluster %q: transport_socket: %w", cfg.name, err)
+	}
+	c.defTLS = def
+	for i, sm := range cfg.socketMatches {
+		set, err := newTLSSet(sm.tls, m.o.Secrets)
 		if err != nil {
-			return nil, fmt.Errorf("cluster %q: transport_socket: %w", cfg.name, err)
+			return nil, fmt.Errorf("cluster %q: transport_socket_matches[%d] (%s): %w", cfg.name, i, sm.name, err)
 		}
-		c.tlsRaw = base
-		c.tlsH1, c.tlsH2 = base.Clone(), base.Clone()
-		if len(base.NextProtos) == 0 {
-			c.tlsH1.NextProtos = []string{"http/1.1"}
-			c.tlsH2.NextProtos = []string{"h2"}
-		}
+		c.matchTLS = append(c.matchTLS, set)
 	}
 	if cfg.proto != protoHTTP1 {
 		c.h2t = &http2.Transport{
@@ -222,6 +227,7 @@ func (c *cluster) setHosts(es *endpointSet) {
 		seen[s.addr] = true
 		if h, ok := old[s.addr]; ok {
 			h.spec = s
+			h.tls.Store(c.tlsFor(s.metadata))
 			next = append(next, h)
 			delete(old, s.addr)
 			continue
@@ -329,6 +335,43 @@ func clampDuration(d time.Duration, n uint32, max time.Duration) time.Duration {
 		return max
 	}
 	return min(d*time.Duration(n), max)
+}
+
+// tlsSet is one transport socket's client TLS, per protocol since ALPN
+// differs; all nil for plaintext.
+type tlsSet struct{ h1, h2, raw *tls.Config }
+
+func newTLSSet(tc *tlsv3.UpstreamTlsContext, secrets core.Secrets) (*tlsSet, error) {
+	if tc == nil {
+		return &tlsSet{}, nil
+	}
+	base, err := tlsctx.ClientConfig(tc, secrets)
+	if err != nil {
+		return nil, err
+	}
+	s := &tlsSet{raw: base, h1: base.Clone(), h2: base.Clone()}
+	if len(base.NextProtos) == 0 {
+		s.h1.NextProtos = []string{"http/1.1"}
+		s.h2.NextProtos = []string{"h2"}
+	}
+	return s, nil
+}
+
+// tlsFor picks an endpoint's transport socket: the first
+// transport_socket_matches entry whose fields all equal the endpoint's
+// "envoy.transport_socket_match" metadata, else the cluster's.
+func (c *cluster) tlsFor(md *corev3.Metadata) *tlsSet {
+	fields := md.GetFilterMetadata()["envoy.transport_socket_match"].GetFields()
+next:
+	for i, sm := range c.cfg.socketMatches {
+		for k, v := range sm.match {
+			if !proto.Equal(fields[k], v) {
+				continue next
+			}
+		}
+		return c.matchTLS[i]
+	}
+	return c.defTLS
 }
 
 var _ core.Cluster = (*cluster)(nil)

@@ -7,10 +7,17 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	lbcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/common/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	maglevv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/maglev/v3"
+	randomv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/random/v3"
+	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -61,7 +68,8 @@ type config struct {
 	maxStreams            uint32
 	maxRqPerConn          uint32
 	idleTimeout           time.Duration
-	upstreamTLS           *tlsv3.UpstreamTlsContext
+	upstreamTLS           *tlsv3.UpstreamTlsContext // nil: plaintext
+	socketMatches         []socketMatch
 	maxConnections        int64
 	maxPending            int64
 	maxRequests           int64
@@ -74,6 +82,15 @@ type config struct {
 	origDstHeader         string // header carrying the override host; "" = off
 	origDstPortOverr      uint32
 	ignoreNewHostsUntilHC bool
+}
+
+// socketMatch is one transport_socket_matches entry: endpoints whose
+// "envoy.transport_socket_match" metadata has every field of match use tls
+// (nil: plaintext). Istio's auto mTLS is built on this.
+type socketMatch struct {
+	name  string
+	match map[string]*structpb.Value
+	tls   *tlsv3.UpstreamTlsContext
 }
 
 type outlierConfig struct {
@@ -181,21 +198,18 @@ func compile(c *clusterv3.Cluster) (*config, error) {
 	if err := compileProtocol(c, cfg, errf); err != nil {
 		return nil, err
 	}
-	if ts := c.GetTransportSocket(); ts != nil {
-		switch ts.GetName() {
-		case tlsTransportSocketName:
-			tc := &tlsv3.UpstreamTlsContext{}
-			if ts.GetTypedConfig() == nil {
-				return nil, errf("transport_socket.typed_config", "missing UpstreamTlsContext")
-			}
-			if err := ts.GetTypedConfig().UnmarshalTo(tc); err != nil {
-				return nil, errf("transport_socket.typed_config", "want UpstreamTlsContext: %v", err)
-			}
-			cfg.upstreamTLS = tc
-		case rawTransportSocketName, "":
-		default:
-			return nil, errf("transport_socket.name", "%q is not supported", ts.GetName())
+	tc, err := parseTransportSocket(c.GetTransportSocket(), "transport_socket", errf)
+	if err != nil {
+		return nil, err
+	}
+	cfg.upstreamTLS = tc
+	for i, m := range c.GetTransportSocketMatches() {
+		field := fmt.Sprintf("transport_socket_matches[%d].transport_socket", i)
+		tc, err := parseTransportSocket(m.GetTransportSocket(), field, errf)
+		if err != nil {
+			return nil, err
 		}
+		cfg.socketMatches = append(cfg.socketMatches, socketMatch{name: m.GetName(), match: m.GetMatch().GetFields(), tls: tc})
 	}
 	for _, th := range c.GetCircuitBreakers().GetThresholds() {
 		if th.GetPriority() != corev3.RoutingPriority_DEFAULT {
@@ -341,8 +355,10 @@ func compileLB(c *clusterv3.Cluster, cfg *config, errf func(string, string, ...a
 	if c.GetLbSubsetConfig() != nil {
 		return errf("lb_subset_config", "subset load balancing is not supported")
 	}
-	if c.GetLoadBalancingPolicy() != nil {
-		return errf("load_balancing_policy", "typed load balancing policies are not supported; use lb_policy")
+	if lp := c.GetLoadBalancingPolicy(); lp != nil {
+		if err := compileTypedLB(lp, cfg, errf); err != nil {
+			return err
+		}
 	}
 	if cl := c.GetCommonLbConfig(); cl != nil {
 		if p := cl.GetHealthyPanicThreshold(); p != nil {
@@ -418,4 +434,113 @@ func isPrime(n uint64) bool {
 		}
 	}
 	return true
+}
+
+// compileTypedLB applies load_balancing_policy, which overrides lb_policy:
+// as in Envoy the first policy this proxy supports wins.
+func compileTypedLB(lp *clusterv3.LoadBalancingPolicy, cfg *config, errf func(string, string, ...any) error) error {
+	var names []string
+	for i, p := range lp.GetPolicies() {
+		a := p.GetTypedExtensionConfig().GetTypedConfig()
+		if a == nil {
+			return errf(fmt.Sprintf("load_balancing_policy.policies[%d].typed_extension_config", i), "typed_config is required")
+		}
+		field := fmt.Sprintf("load_balancing_policy.policies[%d]", i)
+		bad := func(err error) error { return errf(field, "%s: %v", a.GetTypeUrl(), err) }
+		var loc *lbcommonv3.LocalityLbConfig
+		switch a.MessageName() {
+		case "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin":
+			m := &roundrobinv3.RoundRobin{}
+			if err := a.UnmarshalTo(m); err != nil {
+				return bad(err)
+			}
+			cfg.lb, loc = lbRoundRobin, m.GetLocalityLbConfig()
+		case "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest":
+			m := &leastrequestv3.LeastRequest{}
+			if err := a.UnmarshalTo(m); err != nil {
+				return bad(err)
+			}
+			cfg.lb, loc = lbLeastRequest, m.GetLocalityLbConfig()
+			if v := m.GetChoiceCount(); v != nil {
+				if v.GetValue() < 2 {
+					return errf(field+".choice_count", "must be at least 2")
+				}
+				cfg.choiceCount = int(v.GetValue())
+			}
+		case "envoy.extensions.load_balancing_policies.random.v3.Random":
+			m := &randomv3.Random{}
+			if err := a.UnmarshalTo(m); err != nil {
+				return bad(err)
+			}
+			cfg.lb, loc = lbRandom, m.GetLocalityLbConfig()
+		case "envoy.extensions.load_balancing_policies.ring_hash.v3.RingHash":
+			m := &ringhashv3.RingHash{}
+			if err := a.UnmarshalTo(m); err != nil {
+				return bad(err)
+			}
+			cfg.lb = lbRingHash
+			cfg.ringMin, cfg.ringMax = 1024, 8*1024*1024
+			if v := m.GetMinimumRingSize(); v != nil {
+				cfg.ringMin = v.GetValue()
+			}
+			if v := m.GetMaximumRingSize(); v != nil {
+				cfg.ringMax = v.GetValue()
+			}
+			if cfg.ringMin == 0 || cfg.ringMin > cfg.ringMax || cfg.ringMax > 8*1024*1024 {
+				return errf(field, "need 0 < minimum_ring_size (%d) <= maximum_ring_size (%d) <= 8388608", cfg.ringMin, cfg.ringMax)
+			}
+			cfg.localityWeights = m.GetLocalityWeightedLbConfig() != nil
+		case "envoy.extensions.load_balancing_policies.maglev.v3.Maglev":
+			m := &maglevv3.Maglev{}
+			if err := a.UnmarshalTo(m); err != nil {
+				return bad(err)
+			}
+			cfg.lb, cfg.maglevSize = lbMaglev, maglevTableSize
+			if v := m.GetTableSize(); v != nil {
+				cfg.maglevSize = v.GetValue()
+				if !isPrime(cfg.maglevSize) || cfg.maglevSize > 5000011 {
+					return errf(field+".table_size", "%d must be a prime no larger than 5000011", cfg.maglevSize)
+				}
+			}
+			cfg.localityWeights = m.GetLocalityWeightedLbConfig() != nil
+		default:
+			names = append(names, a.GetTypeUrl())
+			continue
+		}
+		if loc != nil {
+			cfg.localityWeights = loc.GetLocalityWeightedLbConfig() != nil
+		}
+		return nil
+	}
+	return errf("load_balancing_policy.policies", "none of %v is supported", names)
+}
+
+// parseTransportSocket reads a cluster transport socket: TLS yields its
+// UpstreamTlsContext, raw_buffer (or none) yields nil. The typed config's
+// type decides, as in Envoy; the name only when there is no typed config.
+func parseTransportSocket(ts *corev3.TransportSocket, field string, errf func(string, string, ...any) error) (*tlsv3.UpstreamTlsContext, error) {
+	if ts == nil {
+		return nil, nil
+	}
+	a := ts.GetTypedConfig()
+	if a == nil {
+		switch ts.GetName() {
+		case rawTransportSocketName, "":
+			return nil, nil
+		case tlsTransportSocketName:
+			return nil, errf(field+".typed_config", "missing UpstreamTlsContext")
+		}
+		return nil, errf(field+".name", "%q is not supported", ts.GetName())
+	}
+	switch a.MessageName() {
+	case "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
+		tc := &tlsv3.UpstreamTlsContext{}
+		if err := a.UnmarshalTo(tc); err != nil {
+			return nil, errf(field+".typed_config", "%v", err)
+		}
+		return tc, nil
+	case "envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer":
+		return nil, nil
+	}
+	return nil, errf(field+".typed_config", "transport socket %s is not supported", a.GetTypeUrl())
 }

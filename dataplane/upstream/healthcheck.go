@@ -38,7 +38,7 @@ func (c *cluster) runHealthCheck(h *host, hc *corev3.HealthCheck, stop chan stru
 	var check func(context.Context) error
 	if hh := hc.GetHttpHealthCheck(); hh != nil {
 		tr := &http.Transport{
-			DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return c.hcDial(ctx, h, c.tlsH1) },
+			DialContext:         func(ctx context.Context, _, _ string) (net.Conn, error) { return c.hcDial(ctx, h, h.tls.Load().h1) },
 			DisableCompression:  true,
 			MaxIdleConnsPerHost: 1,
 		}
@@ -144,7 +144,7 @@ func (c *cluster) httpCheck(ctx context.Context, h *host, hh *corev3.HealthCheck
 // tcpCheck connects, sends the payload if any, and looks for each receive
 // block in order (not necessarily contiguous), as Envoy's fuzzy match does.
 func (c *cluster) tcpCheck(ctx context.Context, h *host, th *corev3.HealthCheck_TcpHealthCheck) error {
-	nc, err := c.hcDial(ctx, h, c.tlsRaw)
+	nc, err := c.hcDial(ctx, h, h.tls.Load().raw)
 	if err != nil {
 		return err
 	}

@@ -58,6 +58,13 @@ func newBackend(t *testing.T, name string, h http.HandlerFunc) *backend {
 	return b
 }
 
+// newBackendTB starts a plain handler server for benchmarks.
+func newBackendTB(tb testing.TB, h http.HandlerFunc) string {
+	s := httptest.NewServer(h)
+	tb.Cleanup(s.Close)
+	return s.Listener.Addr().String()
+}
+
 func (b *backend) addr() string { return b.Listener.Addr().String() }
 
 type ep struct {

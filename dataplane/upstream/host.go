@@ -33,6 +33,9 @@ type host struct {
 	spec hostSpec
 
 	flags atomic.Uint32
+	// tls is the transport socket chosen by endpoint metadata; EDS may
+	// change it for new connections.
+	tls atomic.Pointer[tlsSet]
 
 	// Outlier detection, lock-free counters fed by Observe.
 	cons5xx, consGw atomic.Uint32
@@ -41,6 +44,7 @@ type host struct {
 	// Guarded by c.mu.
 	ejected      bool
 	ejectedAt    time.Time
+	unejectedAt  time.Time
 	numEjections uint32
 
 	// Per-host statistics for /clusters.
@@ -57,6 +61,7 @@ type host struct {
 
 func newHost(c *cluster, spec hostSpec) *host {
 	h := &host{c: c, addr: spec.addr, spec: spec}
+	h.tls.Store(c.tlsFor(spec.metadata))
 	proto := c.cfg.proto
 	if proto == protoHTTP1 || proto == protoDownstream {
 		h.h1 = &h1Pool{h: h}
@@ -146,7 +151,7 @@ func (h *host) Dial(ctx context.Context) (net.Conn, error) {
 		c.stats.CxOverflow.Inc()
 		return nil, &core.UpstreamError{Kind: core.Overflow, Err: errors.New("max_connections reached for cluster " + c.cfg.name)}
 	}
-	nc, err := h.dial(ctx, c.tlsRaw)
+	nc, err := h.dial(ctx, h.tls.Load().raw)
 	if err != nil {
 		c.releaseCx()
 		return nil, err

@@ -208,7 +208,9 @@ func newRing(es []entry, minSize, maxSize uint64) *ring {
 }
 
 func (r *ring) pick(lb *core.LBContext, seed uint64) *host {
-	k := lb.Hash
+	// Callers' hashes (FNV of a header value, say) can be weak in the bits
+	// that decide the slot; finalize them so similar keys spread.
+	k := mix64(lb.Hash)
 	if seed != 0 {
 		k = mix64(k ^ seed)
 	}
@@ -267,7 +269,9 @@ func newMaglev(es []entry, size uint64) *maglev {
 }
 
 func (m *maglev) pick(lb *core.LBContext, seed uint64) *host {
-	k := lb.Hash
+	// Callers' hashes (FNV of a header value, say) can be weak in the bits
+	// that decide the slot; finalize them so similar keys spread.
+	k := mix64(lb.Hash)
 	if seed != 0 {
 		k = mix64(k ^ seed)
 	}

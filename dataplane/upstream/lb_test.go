@@ -3,11 +3,16 @@ package upstream
 import (
 	"math/rand/v2"
 	"net/http"
+	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	maglevv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/maglev/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
@@ -323,5 +328,52 @@ func TestConnectTimeoutAndFailure(t *testing.T) {
 	}
 	if n := st.CounterValue("cluster.dead.upstream_cx_connect_fail"); n != 1 {
 		t.Errorf("upstream_cx_connect_fail = %d, want 1", n)
+	}
+}
+
+func typedPolicy(t *testing.T, msgs ...proto.Message) *clusterv3.LoadBalancingPolicy {
+	lp := &clusterv3.LoadBalancingPolicy{}
+	for _, m := range msgs {
+		a, err := anypb.New(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lp.Policies = append(lp.Policies, &clusterv3.LoadBalancingPolicy_Policy{
+			TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "p", TypedConfig: a}})
+	}
+	return lp
+}
+
+func TestTypedLoadBalancingPolicy(t *testing.T) {
+	m, _ := newTestManager(t)
+	var eps []ep
+	for i := range 4 {
+		eps = append(eps, ep{addr: newBackend(t, string(rune('a'+i)), nil).addr()})
+	}
+	// The first supported policy wins: an unknown one is skipped.
+	c := staticCluster("typed", eps...)
+	c.LoadBalancingPolicy = typedPolicy(t, &clusterv3.Cluster{}, &maglevv3.Maglev{})
+	cl := mustAdd(t, m, c)
+	hosts := map[string]bool{}
+	for k := range uint64(200) {
+		first := cl.ChooseHost(&core.LBContext{Hash: k * 7919, HasHash: true}).Address()
+		for range 3 {
+			if again := cl.ChooseHost(&core.LBContext{Hash: k * 7919, HasHash: true}).Address(); again != first {
+				t.Fatalf("typed maglev: hash %d chose %s then %s", k, first, again)
+			}
+		}
+		hosts[first] = true
+	}
+	if len(hosts) != 4 {
+		t.Errorf("typed maglev spread 200 keys over %d of 4 hosts", len(hosts))
+	}
+	bad := staticCluster("typed-bad", eps...)
+	bad.LoadBalancingPolicy = typedPolicy(t, &leastrequestv3.LeastRequest{ChoiceCount: wrapperspb.UInt32(1)})
+	if err := m.Validate(bad); err == nil || !strings.Contains(err.Error(), "load_balancing_policy.policies[0].choice_count") {
+		t.Errorf("choice_count 1: err = %v", err)
+	}
+	bad.LoadBalancingPolicy = typedPolicy(t, &clusterv3.Cluster{})
+	if err := m.Validate(bad); err == nil || !strings.Contains(err.Error(), `cluster "typed-bad": load_balancing_policy.policies: none of`) {
+		t.Errorf("unsupported policy: err = %v", err)
 	}
 }

@@ -111,7 +111,7 @@ func (c *cluster) outlierSweep(now time.Time) {
 		if h.ejected {
 			// Ejection lasts base_ejection_time × times ejected, capped.
 			if now.Sub(h.ejectedAt) >= clampDuration(od.baseEjection, h.numEjections, od.maxEjection) {
-				h.ejected = false
+				h.ejected, h.unejectedAt = false, now
 				h.flags.And(^flagFailedOutlier)
 				h.cons5xx.Store(0)
 				h.consGw.Store(0)
@@ -120,8 +120,9 @@ func (c *cluster) outlierSweep(now time.Time) {
 			}
 			continue
 		}
-		if h.numEjections > 0 && now.Sub(h.ejectedAt) >= clampDuration(od.baseEjection, h.numEjections, od.maxEjection)+od.interval {
-			// A host that stays well lowers its next ejection time again.
+		if h.numEjections > 0 && now.Sub(h.unejectedAt) >= od.interval {
+			// As Envoy: each interval a returned host stays in lowers its
+			// next ejection time by one step.
 			h.numEjections--
 		}
 		if total == 0 {

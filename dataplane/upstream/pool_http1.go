@@ -15,11 +15,11 @@ import (
 )
 
 // grant is what a waiting request receives: an idle connection, a
-// connection slot to dial with, or (HTTP/2) a hint to look again.
+// connection slot to dial with, or neither (HTTP/2: a stream ended, look
+// again).
 type grant struct {
-	conn  *h1Conn
-	slot  bool
-	retry bool
+	conn *h1Conn
+	slot bool
 }
 
 type waiter struct{ ch chan grant }
@@ -209,7 +209,7 @@ func (p *h1Pool) popIdle() *h1Conn {
 // dial opens a connection on an already reserved slot.
 func (p *h1Pool) dial(ctx context.Context) (*h1Conn, error) {
 	h := p.h
-	nc, err := h.dial(ctx, h.c.tlsH1)
+	nc, err := h.dial(ctx, h.tls.Load().h1)
 	if err != nil {
 		h.c.releaseCx()
 		return nil, err
@@ -296,18 +296,34 @@ func (pc *h1Conn) roundTrip(req *http.Request) (*http.Response, error) {
 		req.Header["User-Agent"] = nil
 	}
 	pc.requests++
-	if err := req.Write(pc.bw); err != nil {
+	// The router's timeouts and the client's cancellation arrive through
+	// the request context: when it ends mid-exchange, a past deadline
+	// unblocks the connection's reads and writes, and the connection is not
+	// reused.
+	ctx := req.Context()
+	stop := alwaysStopped
+	if ctx.Done() != nil {
+		stop = context.AfterFunc(ctx, func() { pc.nc.SetDeadline(aLongTimeAgo) })
+	}
+	fail := func(err error) (*http.Response, error) {
+		stop()
+		if ctx.Err() != nil {
+			return nil, ctxError(ctx)
+		}
 		return nil, err
 	}
+	if err := req.Write(pc.bw); err != nil {
+		return fail(err)
+	}
 	if err := pc.bw.Flush(); err != nil {
-		return nil, err
+		return fail(err)
 	}
 	var resp *http.Response
 	for {
 		var err error
 		resp, err = http.ReadResponse(pc.br, req)
 		if err != nil {
-			return nil, err
+			return fail(err)
 		}
 		// Interim 1xx responses are not the answer (101 is: the connection
 		// is handed over).
@@ -316,18 +332,29 @@ func (pc *h1Conn) roundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}
 	if resp.StatusCode == http.StatusSwitchingProtocols {
+		// The upgraded stream outlives the request: its own idle handling
+		// applies, not the request's deadline.
+		if !stop() {
+			pc.close()
+			return nil, ctxError(ctx)
+		}
 		resp.Body = &upgradedConn{pc: pc}
 		return resp, nil
 	}
 	max := pc.p.h.c.cfg.maxRqPerConn
 	keep := !resp.Close && !req.Close && (max == 0 || pc.requests < max)
 	if resp.Body == http.NoBody {
-		pc.done(keep)
+		pc.done(stop() && keep)
 		return resp, nil
 	}
-	resp.Body = &h1Body{pc: pc, body: resp.Body, keep: keep}
+	resp.Body = &h1Body{pc: pc, body: resp.Body, keep: keep, stop: stop, ctx: ctx}
 	return resp, nil
 }
+
+// aLongTimeAgo is a deadline in the past: it makes blocked I/O return now.
+var aLongTimeAgo = time.Unix(1, 0)
+
+func alwaysStopped() bool { return true }
 
 // done ends one exchange: the connection goes back to the pool or closes.
 func (pc *h1Conn) done(keep bool) {
@@ -345,16 +372,23 @@ type h1Body struct {
 	body io.ReadCloser
 	keep bool
 	fin  atomic.Bool
+	stop func() bool // detaches the request context; false if it already fired
+	ctx  context.Context
 }
 
 func (b *h1Body) Read(p []byte) (int, error) {
 	n, err := b.body.Read(p)
 	if err != nil && b.fin.CompareAndSwap(false, true) {
+		live := b.stop()
 		if err == io.EOF {
-			b.pc.done(b.keep)
+			b.pc.done(live && b.keep)
 		} else {
 			b.pc.close()
-			err = &core.UpstreamError{Kind: core.Reset, Err: err}
+			if b.ctx.Err() != nil {
+				err = ctxError(b.ctx)
+			} else {
+				err = &core.UpstreamError{Kind: core.Reset, Err: err}
+			}
 		}
 	}
 	return n, err
@@ -362,6 +396,7 @@ func (b *h1Body) Read(p []byte) (int, error) {
 
 func (b *h1Body) Close() error {
 	if b.fin.CompareAndSwap(false, true) {
+		b.stop()
 		b.pc.close()
 	}
 	return nil
@@ -374,7 +409,8 @@ func (u *upgradedConn) Read(p []byte) (int, error)  { return u.pc.br.Read(p) }
 func (u *upgradedConn) Write(p []byte) (int, error) { return u.pc.nc.Write(p) }
 func (u *upgradedConn) Close() error                { u.pc.close(); return nil }
 
-// ctxError reports a request that gave up waiting for a connection.
+// ctxError reports a request whose context ended: the router timed it out
+// (Timeout) or the client went away (Reset).
 func ctxError(ctx context.Context) error {
 	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
 		return &core.UpstreamError{Kind: core.Timeout, Err: ctx.Err()}

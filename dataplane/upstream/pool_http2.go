@@ -210,7 +210,7 @@ func (p *h2Pool) dial(ctx context.Context) error {
 		p.mu.Unlock()
 		close(ch)
 	}
-	nc, err := h.dial(ctx, c.tlsH2)
+	nc, err := h.dial(ctx, h.tls.Load().h2)
 	if err != nil {
 		c.releaseCx()
 		finish(nil)
@@ -258,7 +258,7 @@ func (p *h2Pool) wakeOne() {
 	w := p.waiters.pop()
 	p.mu.Unlock()
 	if w != nil {
-		w.ch <- grant{retry: true}
+		w.ch <- grant{}
 	}
 }
 

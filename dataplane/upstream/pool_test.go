@@ -2,9 +2,16 @@ package upstream
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -22,6 +29,7 @@ import (
 	"golang.org/x/net/http2/h2c"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
@@ -67,6 +75,7 @@ func TestHTTP1ServerClosedIdleConnectionIsRetried(t *testing.T) {
 	// The server closes every connection after answering, without saying
 	// so: the pooled connection is dead when reused.
 	b := newBackend(t, "a", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Length", "1")
 		io.WriteString(w, "a")
 		w.(http.Flusher).Flush()
 		c, _, _ := w.(http.Hijacker).Hijack()
@@ -216,6 +225,7 @@ func TestHTTP2StreamingAndTrailers(t *testing.T) {
 	b := newH2CBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Trailer", "Grpc-Status")
 		w.WriteHeader(200)
+		w.(http.Flusher).Flush()
 		buf := make([]byte, 5)
 		for {
 			// Echo each 5-byte message as it comes: a bidi stream.
@@ -281,8 +291,13 @@ func TestUseDownstreamProtocol(t *testing.T) {
 
 func TestCircuitBreakerOverflow(t *testing.T) {
 	m, st := newTestManager(t)
+	var inService, maxInService atomic.Int64
 	b := newBackend(t, "slow", func(w http.ResponseWriter, r *http.Request) {
+		n := inService.Add(1)
+		for cur := maxInService.Load(); n > cur && !maxInService.CompareAndSwap(cur, n); cur = maxInService.Load() {
+		}
 		time.Sleep(20 * time.Millisecond)
+		inService.Add(-1)
 		io.WriteString(w, "ok")
 	})
 	// Istio's circuit-breaking task: maxConnections 1,
@@ -314,8 +329,13 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if other.Load() != 0 || overflow.Load() == 0 || ok.Load() < 20 {
-		t.Errorf("ok=%d overflow=%d other=%d; want a share of overflows, most ok, nothing else", ok.Load(), overflow.Load(), other.Load())
+	// Overflowing clients fail fast and move on, so they burn through
+	// their requests; what matters is both outcomes and nothing else.
+	if other.Load() != 0 || overflow.Load() == 0 || ok.Load() < 5 {
+		t.Errorf("ok=%d overflow=%d other=%d; want a share of 503-style overflows, some successes, nothing else", ok.Load(), overflow.Load(), other.Load())
+	}
+	if maxInService.Load() != 1 {
+		t.Errorf("server saw %d concurrent requests with max_connections 1", maxInService.Load())
 	}
 	if got := st.CounterValue("cluster.cb.upstream_rq_pending_overflow"); got != uint64(overflow.Load()) {
 		t.Errorf("upstream_rq_pending_overflow = %d, want %d", got, overflow.Load())
@@ -480,5 +500,113 @@ func TestUpstreamTLSWithALPN(t *testing.T) {
 		if r.err != nil || r.body != want {
 			t.Errorf("%s over TLS: %+v, want body %q", proto, r, want)
 		}
+	}
+}
+
+func TestHTTP1UpgradeHandsOverConnection(t *testing.T) {
+	m, _ := newTestManager(t)
+	b := newBackend(t, "ws", func(w http.ResponseWriter, r *http.Request) {
+		if r.Header.Get("Upgrade") != "echo" {
+			w.WriteHeader(400)
+			return
+		}
+		c, brw, err := w.(http.Hijacker).Hijack()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nUpgrade: echo\r\nConnection: Upgrade\r\n\r\n")
+		brw.Flush()
+		io.Copy(c, brw)
+	})
+	cl := mustAdd(t, m, staticCluster("upgrade", ep{addr: b.addr()}))
+	req, _ := http.NewRequest("GET", "http://svc/ws", nil)
+	req.Header.Set("Connection", "Upgrade")
+	req.Header.Set("Upgrade", "echo")
+	resp, err := cl.ChooseHost(nil).RoundTrip(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	rw, ok := resp.Body.(io.ReadWriter)
+	if resp.StatusCode != 101 || !ok {
+		t.Fatalf("status %d, body %T: want 101 with a read-write body", resp.StatusCode, resp.Body)
+	}
+	rw.Write([]byte("hello"))
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(rw, buf); err != nil || string(buf) != "hello" {
+		t.Errorf("echo over upgraded connection: %q, %v", buf, err)
+	}
+}
+
+func TestTransportSocketMatchesPerEndpoint(t *testing.T) {
+	m, _ := newTestManager(t)
+	tlsSrv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "tls=%v", r.TLS != nil)
+	}))
+	tlsSrv.StartTLS()
+	defer tlsSrv.Close()
+	plain := newBackend(t, "tls=false", nil)
+	tc, err := anypb.New(&tlsv3.UpstreamTlsContext{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Istio's auto mTLS: endpoints labelled tlsMode=istio get TLS, the
+	// rest plaintext.
+	c := staticCluster("automtls", ep{addr: tlsSrv.Listener.Addr().String()}, ep{addr: plain.addr()})
+	c.LoadAssignment.Endpoints[0].LbEndpoints[0].Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+		"envoy.transport_socket_match": {Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+	}}
+	c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
+		{Name: "tlsMode-istio", Match: &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+			TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tc}}},
+		{Name: "tlsMode-disabled", Match: &structpb.Struct{}, TransportSocket: &corev3.TransportSocket{Name: "envoy.transport_sockets.raw_buffer"}},
+	}
+	cl := mustAdd(t, m, c)
+	got := map[string]string{}
+	for range 4 {
+		r := send(cl, nil)
+		if r.err != nil {
+			t.Fatalf("request: %v", r.err)
+		}
+		got[r.host] = r.body
+	}
+	if got[tlsSrv.Listener.Addr().String()] != "tls=true" || got[plain.addr()] != "tls=false" {
+		t.Errorf("per-endpoint transport sockets: %v", got)
+	}
+}
+
+func TestUpstreamTLSVerificationFailureIsConnectFailure(t *testing.T) {
+	m, st := newTestManager(t)
+	srv := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {}))
+	defer srv.Close()
+	// Trust a CA that did not sign the server's certificate.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "other-ca"}, IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	tc, err := anypb.New(&tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+			TrustedCa: &corev3.DataSource{Specifier: &corev3.DataSource_InlineBytes{InlineBytes: caPEM}}}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := staticCluster("badca", ep{addr: srv.Listener.Addr().String()})
+	c.TransportSocket = &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: tc}}
+	cl := mustAdd(t, m, c)
+	r := send(cl, nil)
+	var ue *core.UpstreamError
+	if !errors.As(r.err, &ue) || ue.Kind != core.ConnectFailure {
+		t.Fatalf("server cert from an untrusted CA: err = %v, want ConnectFailure", r.err)
+	}
+	if st.CounterValue("cluster.badca.upstream_cx_connect_fail") != 1 {
+		t.Errorf("upstream_cx_connect_fail = %d, want 1", st.CounterValue("cluster.badca.upstream_cx_connect_fail"))
 	}
 }
