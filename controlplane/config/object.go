@@ -95,6 +95,10 @@ type Object struct {
 	Spec   any
 	Status any
 	Source Position
+
+	// lines maps each field path of a decoded document to its YAML line,
+	// so errors found later (validation) can name the line; see FieldLine.
+	lines map[string]int
 }
 
 // Key identifies an object within a store.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -43,15 +44,24 @@ func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
 		}
 	}
 	if ln := p.adminLn; ln != nil {
+		// Envoy's admin endpoints, plus Go's profiler for the performance
+		// work (the admin address is loopback-only, as in Istio).
+		mux := http.NewServeMux()
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/", p.admin.Handler())
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() {
-			if err := p.admin.Serve(ln); err != nil {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("admin: %w", err)
 			}
 		}()
 		stops = append(stops, func() {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			defer cancel()
-			p.admin.Shutdown(ctx)
+			srv.Shutdown(ctx)
 		})
 	}
 	if p.o.PrometheusAddr != "" {

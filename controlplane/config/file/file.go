@@ -1,0 +1,278 @@
+// Package file is the config source that reads a directory of YAML (and
+// JSON) manifests, as `skiffd --config-dir` and `skiff up` use it: every
+// *.yaml, *.yml and *.json file under the directory, recursively, each
+// file one origin of the store. It watches the tree with inotify and, once
+// the tree has been quiet for a debounce interval, rereads only the files
+// that changed.
+package file
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/skiff-mesh/skiff/controlplane/config"
+)
+
+// Options tune a Source; the zero value is usable.
+type Options struct {
+	// Debounce is how long the tree must be quiet before changes are read
+	// (default 100ms). A file that disappears is removed only if it is
+	// still missing one more Debounce later, so an editor's save by
+	// rename never removes the file's objects, even for a moment.
+	Debounce time.Duration
+	// Resync rereads the tree this often even without events, a safety net
+	// for events the kernel dropped (default 1 minute).
+	Resync time.Duration
+	// Log receives read problems; nil discards.
+	Log *slog.Logger
+}
+
+// Source reads the manifests under one directory.
+type Source struct {
+	dir    string
+	opts   Options
+	synced chan struct{}
+
+	// Owned by Run.
+	files   map[string]fileState
+	missing map[string]bool // seen missing by the last scan; removed if still missing
+	watch   int             // inotify descriptor, -1 without inotify
+}
+
+// fileState is what was last read from one file.
+type fileState struct {
+	size  int64
+	mtime time.Time
+	ino   uint64
+	ctime syscall.Timespec
+	sum   [32]byte
+}
+
+// New returns a source for the files under dir.
+func New(dir string, opts Options) *Source {
+	if opts.Debounce <= 0 {
+		opts.Debounce = 100 * time.Millisecond
+	}
+	if opts.Resync <= 0 {
+		opts.Resync = time.Minute
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+	return &Source{dir: dir, opts: opts, synced: make(chan struct{}),
+		files: map[string]fileState{}, missing: map[string]bool{}, watch: -1}
+}
+
+// Synced is closed once every file present at start has been given to the
+// sink, so a server can wait for the whole config before serving.
+func (s *Source) Synced() <-chan struct{} { return s.synced }
+
+const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLOSE_WRITE |
+	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
+
+// Run reads the tree into sink, then follows changes until ctx is done. It
+// fails only if dir is not a readable directory at start.
+func (s *Source) Run(ctx context.Context, sink config.Sink) error {
+	fi, err := os.Stat(s.dir)
+	if err != nil {
+		return fmt.Errorf("config directory: %w", err)
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("config directory %s is not a directory", s.dir)
+	}
+
+	events := make(chan struct{}, 1)
+	if fd, err := unix.InotifyInit1(unix.IN_CLOEXEC | unix.IN_NONBLOCK); err != nil {
+		s.opts.Log.Warn("inotify unavailable; polling the config directory every second", "dir", s.dir, "error", err)
+		s.opts.Resync = min(s.opts.Resync, time.Second)
+	} else {
+		// A non-blocking descriptor in an *os.File reads through the
+		// runtime poller, so Close interrupts the pending Read.
+		f := os.NewFile(uintptr(fd), "inotify")
+		defer f.Close()
+		s.watch = fd
+		go readEvents(f, events)
+	}
+
+	s.scan(sink)
+	close(s.synced)
+
+	debounce := time.NewTimer(0)
+	<-debounce.C
+	resync := time.NewTicker(s.opts.Resync)
+	defer resync.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			debounce.Stop()
+			return nil
+		case <-events:
+			debounce.Reset(s.opts.Debounce)
+		case <-resync.C:
+			debounce.Reset(s.opts.Debounce)
+		case <-debounce.C:
+			if s.scan(sink) {
+				debounce.Reset(s.opts.Debounce)
+			}
+		}
+	}
+}
+
+// readEvents turns inotify events into wake-ups; which file changed does
+// not matter, since a scan compares every file with what was last read.
+func readEvents(f *os.File, events chan<- struct{}) {
+	buf := make([]byte, 64*1024)
+	for {
+		if _, err := f.Read(buf); err != nil {
+			return
+		}
+		select {
+		case events <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// scan walks the tree, gives the sink every file that changed, and reports
+// whether files are missing whose removal waits for the next scan.
+func (s *Source) scan(sink config.Sink) (pending bool) {
+	seen := map[string]bool{}
+	var unreadableDirs []string
+	walkErr := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if path == s.dir {
+				return err
+			}
+			s.opts.Log.Warn("cannot read config directory; keeping what it held", "dir", path, "error", err)
+			unreadableDirs = append(unreadableDirs, path)
+			return fs.SkipDir
+		}
+		if path != s.dir && strings.HasPrefix(d.Name(), ".") {
+			// Editors' swap files, and the ..data links of a mounted ConfigMap.
+			if d.IsDir() {
+				return fs.SkipDir
+			}
+			return nil
+		}
+		if d.IsDir() {
+			if s.watch >= 0 {
+				if _, err := unix.InotifyAddWatch(s.watch, path, watchMask); err != nil {
+					s.opts.Log.Warn("cannot watch config directory; its changes are seen at the next resync", "dir", path, "error", err)
+				}
+			}
+			return nil
+		}
+		if !isManifest(path) {
+			return nil
+		}
+		if s.readFile(path, sink) {
+			seen[path] = true
+		}
+		return nil
+	})
+	if walkErr != nil {
+		s.opts.Log.Warn("cannot read config directory; keeping the config it held", "dir", s.dir, "error", walkErr)
+		return false
+	}
+	for path := range s.files {
+		if seen[path] || under(path, unreadableDirs) {
+			continue
+		}
+		if s.missing[path] {
+			delete(s.missing, path)
+			delete(s.files, path)
+			sink.Replace(path, nil, nil)
+			continue
+		}
+		s.missing[path] = true
+		pending = true
+	}
+	for path := range s.missing {
+		if seen[path] {
+			delete(s.missing, path)
+		}
+	}
+	return pending
+}
+
+func isManifest(path string) bool {
+	switch filepath.Ext(path) {
+	case ".yaml", ".yml", ".json":
+		return true
+	}
+	return false
+}
+
+func under(path string, dirs []string) bool {
+	for _, d := range dirs {
+		if strings.HasPrefix(path, d+string(filepath.Separator)) {
+			return true
+		}
+	}
+	return false
+}
+
+// readFile rereads path if it changed since the last scan and hands it to
+// the sink; false if the file is gone (or is not a regular file).
+func (s *Source) readFile(path string, sink config.Sink) bool {
+	fi, err := os.Stat(path) // follows symlinks, as ConfigMap mounts need
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err == nil && !fi.Mode().IsRegular() {
+		return false
+	}
+	prev, known := s.files[path]
+	var st fileState
+	if err == nil {
+		st = stateOf(fi)
+		if known && st.size == prev.size && st.mtime.Equal(prev.mtime) && st.ino == prev.ino && st.ctime == prev.ctime {
+			return true
+		}
+	}
+	var data []byte
+	if err == nil {
+		data, err = os.ReadFile(path)
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false
+	}
+	if err != nil {
+		s.files[path] = fileState{}
+		sink.Replace(path, nil, []error{&config.ObjectError{Pos: config.Position{File: path},
+			Message: fmt.Sprintf("cannot read the file (%v); its previous objects stay in force", err), Unreadable: true}})
+		return true
+	}
+	st.sum = sha256.Sum256(data)
+	s.files[path] = st
+	if known && bytes.Equal(st.sum[:], prev.sum[:]) {
+		return true
+	}
+	objs, errs := config.Decode(data, path)
+	sink.Replace(path, objs, errs)
+	return true
+}
+
+func stateOf(fi fs.FileInfo) fileState {
+	st := fileState{size: fi.Size(), mtime: fi.ModTime()}
+	if sys, ok := fi.Sys().(*syscall.Stat_t); ok {
+		st.ino = sys.Ino
+		st.ctime = sys.Ctim
+	}
+	return st
+}
+
+// Interface guard.
+var _ config.Source = (*Source)(nil)

@@ -1,0 +1,195 @@
+package xds
+
+import (
+	"fmt"
+	"hash/fnv"
+	"slices"
+	"strconv"
+	"sync"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+)
+
+// conn is one ADS stream. Its stream goroutine is the only one that sends;
+// other goroutines only enqueue pushes and read status under mu.
+type conn struct {
+	s           *Server
+	id          string
+	proxy       *Proxy
+	delta       bool
+	connectedAt time.Time
+
+	wake chan struct{} // cap 1: a push is pending
+
+	mu      sync.Mutex
+	pending *push // at most one; later pushes merge into it
+	watches map[string]*watch
+}
+
+// watch is the protocol state of one type on one connection.
+type watch struct {
+	typeURL  string
+	wildcard bool
+	// legacy marks a wildcard that came from an empty first request
+	// rather than an explicit "*": an empty list keeps it.
+	legacy bool
+	names  map[string]struct{}
+
+	nonceSent    string
+	versionSent  string
+	sentAt       time.Time
+	sentConfigs  []ConfigKey // what caused the response with nonceSent
+	versionAcked string
+	nonceAcked   string
+	ackedAt      time.Time
+	nacks        int
+	lastNACK     string
+	nackNonce    string
+	nackAt       time.Time
+
+	// configs records, per object, the latest version sent and ACKed.
+	configs map[ConfigKey]*configState
+
+	// known is, for delta, the version of each resource the proxy holds
+	// (as far as we have told it): pushes send only what differs.
+	known map[string]string
+}
+
+type configState struct{ sent, acked string }
+
+func newWatch(typeURL string) *watch {
+	return &watch{typeURL: typeURL, names: map[string]struct{}{}, configs: map[ConfigKey]*configState{}, known: map[string]string{}}
+}
+
+// subscription returns the names to generate: nil for a wildcard.
+func (w *watch) subscription() []string {
+	if w.wildcard {
+		return nil
+	}
+	names := make([]string, 0, len(w.names))
+	for n := range w.names {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+func (c *conn) enqueue(p *push) {
+	c.mu.Lock()
+	c.pending = mergePush(c.pending, p)
+	c.mu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *conn) dequeue() *push {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p := c.pending
+	c.pending = nil
+	return p
+}
+
+// watchedTypes lists the subscribed types, known ones in push order first.
+func (c *conn) watchedTypes() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]string, 0, len(c.watches))
+	for _, t := range pushOrder {
+		if _, ok := c.watches[t]; ok {
+			out = append(out, t)
+		}
+	}
+	var rest []string
+	for t := range c.watches {
+		if !slices.Contains(pushOrder, t) {
+			rest = append(rest, t)
+		}
+	}
+	slices.Sort(rest)
+	return append(out, rest...)
+}
+
+// sent records a response about to go out.
+func (c *conn) sent(w *watch, nonce, version string, p *push) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w.nonceSent, w.versionSent, w.sentAt = nonce, version, time.Now()
+	w.sentConfigs = nil
+	if p != nil {
+		w.sentConfigs = p.req.ConfigsUpdated
+		for _, k := range p.req.ConfigsUpdated {
+			st := w.configs[k.id()]
+			if st == nil {
+				st = &configState{}
+				w.configs[k.id()] = st
+			}
+			st.sent = k.ResourceVersion
+		}
+	}
+}
+
+// ack records that the proxy applied the response with w.nonceSent.
+func (c *conn) ack(w *watch, version string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	now := time.Now()
+	c.s.m.ackLatency.WithLabelValues(ShortType(w.typeURL)).Observe(now.Sub(w.sentAt).Seconds())
+	w.versionAcked, w.nonceAcked, w.ackedAt = version, w.nonceSent, now
+	w.lastNACK, w.nackNonce = "", ""
+	for _, k := range w.sentConfigs {
+		if st := w.configs[k.id()]; st != nil {
+			st.acked = k.ResourceVersion
+		}
+	}
+}
+
+// nack records a rejection: the last ACKed version stays as it was.
+func (c *conn) nack(typeURL, nonce, msg string) {
+	c.s.m.rejects.WithLabelValues(ShortType(typeURL)).Inc()
+	c.s.log.Warn("proxy rejected config (NACK)", "proxy", c.proxy.ID, "conn", c.id, "type", ShortType(typeURL), "nonce", nonce, "err", msg)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	w := c.watches[typeURL]
+	if w == nil {
+		w = newWatch(typeURL)
+		c.watches[typeURL] = w
+	}
+	now := time.Now()
+	if nonce == w.nonceSent && !w.sentAt.IsZero() {
+		c.s.m.ackLatency.WithLabelValues(ShortType(typeURL)).Observe(now.Sub(w.sentAt).Seconds())
+	}
+	w.nacks++
+	w.lastNACK, w.nackNonce, w.nackAt = msg, nonce, now
+}
+
+func (c *conn) expired(typeURL string) {
+	c.s.m.expiredNonce.WithLabelValues(ShortType(typeURL)).Inc()
+}
+
+// marshalled is a resource encoded once, with its content hash as version.
+type marshalled struct {
+	name    string
+	any     *anypb.Any
+	version string
+}
+
+func marshal(typeURL string, r Resource) (marshalled, error) {
+	a, ok := r.Message.(*anypb.Any)
+	if !ok {
+		a = &anypb.Any{}
+		if err := anypb.MarshalFrom(a, r.Message, proto.MarshalOptions{Deterministic: true}); err != nil {
+			return marshalled{}, fmt.Errorf("resource %q: %w", r.Name, err)
+		}
+	}
+	if a.GetTypeUrl() != typeURL {
+		return marshalled{}, fmt.Errorf("resource %q is a %s, not a %s", r.Name, a.GetTypeUrl(), typeURL)
+	}
+	h := fnv.New64a()
+	h.Write(a.GetValue())
+	return marshalled{name: r.Name, any: a, version: strconv.FormatUint(h.Sum64(), 16)}, nil
+}
