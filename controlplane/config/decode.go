@@ -110,14 +110,26 @@ func Decode(data []byte, file string) ([]*Object, []error) {
 
 var yamlLineRE = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)
 
+// parserProblems are yaml.v3's parser (not scanner) messages: for those it
+// reports the 0-based line of where the construct began, so one is added.
+var parserProblems = map[string]bool{
+	"did not find expected ',' or ']'": true, "did not find expected ',' or '}'": true,
+	"did not find expected '-' indicator": true, "did not find expected <document start>": true,
+	"did not find expected <stream-start>": true, "did not find expected key": true,
+	"did not find expected node content": true, "found duplicate %TAG directive": true,
+	"found duplicate %YAML directive": true, "found incompatible YAML document": true,
+	"found undefined tag handle": true,
+}
+
 func syntaxError(file string, err error) error {
-	msg := err.Error()
+	msg := strings.TrimPrefix(err.Error(), "yaml: ")
 	line := 0
-	if m := yamlLineRE.FindStringSubmatch(msg); m != nil {
+	if m := yamlLineRE.FindStringSubmatch(err.Error()); m != nil {
 		line, _ = strconv.Atoi(m[1])
 		msg = m[2]
-	} else {
-		msg = strings.TrimPrefix(msg, "yaml: ")
+	}
+	if parserProblems[msg] {
+		line++
 	}
 	return &ObjectError{Pos: Position{file, line}, Message: "YAML syntax error: " + msg, Unreadable: true}
 }
@@ -136,9 +148,19 @@ func (d *docDecoder) fail(key Key, path string, line int, format string, args ..
 
 // field returns the value node of key in mapping m, or nil.
 func field(m *yaml.Node, key string) *yaml.Node {
+	if k := fieldKey(m, key); k != nil {
+		return k.v
+	}
+	return nil
+}
+
+type keyValue struct{ k, v *yaml.Node }
+
+// fieldKey returns the key and value nodes of key in mapping m, or nil.
+func fieldKey(m *yaml.Node, key string) *keyValue {
 	for i := 0; i+1 < len(m.Content); i += 2 {
 		if m.Content[i].Value == key {
-			return m.Content[i+1]
+			return &keyValue{m.Content[i], m.Content[i+1]}
 		}
 	}
 	return nil
@@ -287,8 +309,8 @@ func (d *docDecoder) object(n *yaml.Node, ki *kindInfo, key Key) *Object {
 func (d *docDecoder) named(o *Object, n *yaml.Node) *Object {
 	if o.Meta.Name == "" {
 		line := n.Line
-		if m := field(n, "metadata"); m != nil {
-			line = m.Line
+		if m := fieldKey(n, "metadata"); m != nil {
+			line = m.k.Line
 		}
 		d.fail(Key{Kind: o.Kind}, "metadata.name", line, "missing; every %s needs a name", o.Kind.Kind)
 		return nil

@@ -137,3 +137,28 @@ func TestBookinfoWorkloads(t *testing.T) {
 		"Deployment default/reviews-v3 replicas=1 sa=bookinfo-reviews labels=app=reviews,version=v3 image=registry.istio.io/release/examples-bookinfo-reviews-v3:1.20.3 port=9080",
 	})
 }
+
+// TestConcurrentReads reads one registry from many goroutines; under
+// -race it fails if any accessor writes shared state.
+func TestConcurrentReads(t *testing.T) {
+	r, _ := bookinfo(t, Options{})
+	done := make(chan int)
+	for range 8 {
+		go func() {
+			n := 0
+			for range 50 {
+				for _, s := range r.Services() {
+					n += len(r.Instances(r.Service(s.Hostname, "default"), 9080)) + len(s.Identities())
+				}
+				n += len(r.WorkloadsFor("default", map[string]string{"app": "reviews"}))
+			}
+			done <- n
+		}()
+	}
+	for range 8 {
+		// 50 rounds × (12 instances of 10 services + 10 identities + 3 workloads).
+		if n := <-done; n != 50*(12+10+3) {
+			t.Errorf("a reader counted %d, want %d", n, 50*(12+10+3))
+		}
+	}
+}

@@ -354,9 +354,17 @@ func (b *builder) finish() *Registry {
 		return strings.Compare(x.Namespace, y.Namespace)
 	})
 	for _, s := range r.services {
+		ids := slices.Clone(s.SubjectAltNames)
 		for _, list := range s.instances {
 			sortInstances(list)
+			for _, in := range list {
+				if in.Identity != "" {
+					ids = append(ids, in.Identity)
+				}
+			}
 		}
+		slices.Sort(ids)
+		s.identities = slices.Compact(ids)
 	}
 	r.workloads = b.workloads()
 	for _, w := range r.workloads {

@@ -309,3 +309,28 @@ func TestEgressSample(t *testing.T) {
 		"www.googleapis.com:443 healthy=true term=false sa= tls=disabled wl= loc= net= w=1 labels=",
 	})
 }
+
+func TestIdentities(t *testing.T) {
+	yaml := entriesYAML + `
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: partner, namespace: egress}
+spec:
+  hosts: [partner.example.com]
+  subjectAltNames: ["spiffe://partner.example/sa/api"]
+  ports: [{number: 443, name: tls, protocol: TLS}]
+  resolution: DNS
+`
+	r := Build(decode(t, "entries.yaml", yaml), Options{TrustDomain: "td.example"})
+	for host, want := range map[string]string{
+		"inventory.vms.internal": "spiffe://td.example/ns/vms/sa/default spiffe://td.example/ns/vms/sa/inventory",
+		"billing.vms.internal":   "spiffe://td.example/ns/vms/sa/billing",
+		"partner.example.com":    "spiffe://partner.example/sa/api",
+		"cdn.example.com":        "",
+	} {
+		if got := strings.Join(r.Service(host, "").Identities(), " "); got != want {
+			t.Errorf("%s: identities %q, want %q", host, got, want)
+		}
+	}
+}

@@ -76,8 +76,14 @@ type Service struct {
 	SubjectAltNames []string
 	Source          *config.Object
 
-	instances map[int][]*Instance // by service port number
+	instances  map[int][]*Instance // by service port number
+	identities []string
 }
+
+// Identities are the SPIFFE IDs the service's endpoints may present: its
+// subject alt names and its instances' identities, sorted, without
+// duplicates. A client verifying the server's certificate accepts these.
+func (s *Service) Identities() []string { return s.identities }
 
 // Port is one port of a service.
 type Port struct {

@@ -68,7 +68,8 @@ func (v *collector) deployment(d *appsv1.Deployment) {
 	if d.Spec.Selector == nil || (len(d.Spec.Selector.MatchLabels) == 0 && len(d.Spec.Selector.MatchExpressions) == 0) {
 		v.add("spec.selector", "is empty; a Deployment must select its pods, usually matchLabels equal to the template's labels")
 	} else {
-		for k, want := range d.Spec.Selector.MatchLabels {
+		for _, k := range sortedKeys(d.Spec.Selector.MatchLabels) {
+			want := d.Spec.Selector.MatchLabels[k]
 			if got, ok := d.Spec.Template.Labels[k]; !ok || got != want {
 				v.add(key("spec.selector.matchLabels", k), "%s=%s does not match spec.template.metadata.labels; the Deployment would select none of its pods", k, want)
 			}
