@@ -208,8 +208,6 @@ func (d *docDecoder) document(n *yaml.Node) {
 	if ignored {
 		return
 	}
-	meta := field(n, "metadata")
-	key := Key{Kind: Kind{Kind: kind}, Namespace: scalarField(meta, "namespace"), Name: scalarField(meta, "name")}
 	if ki == nil {
 		line := n.Line
 		if k := field(n, "kind"); k != nil {
@@ -222,7 +220,8 @@ func (d *docDecoder) document(n *yaml.Node) {
 		d.fail(Key{}, "", line, "unknown kind %q (apiVersion %q); Skiff reads %s", kind, apiVersion, supportedList())
 		return
 	}
-	key.Kind = ki.kind
+	meta := field(n, "metadata")
+	key := Key{Kind: ki.kind, Namespace: scalarField(meta, "namespace"), Name: scalarField(meta, "name")}
 	if key.Namespace == "" && ki.namespaced {
 		key.Namespace = DefaultNamespace
 	}
@@ -323,6 +322,9 @@ func (d *docDecoder) named(o *Object, n *yaml.Node) *Object {
 func (d *docDecoder) sub(key Key, n *yaml.Node, path string, v any, ki *kindInfo) bool {
 	if n.ShortTag() == "!!null" {
 		return true
+	}
+	if ki != nil && ki.family == istioFamily && path == "spec" {
+		normalizeDurations(n, v.(proto.Message).ProtoReflect().Descriptor())
 	}
 	w, err := toJSON(n, path, nil)
 	if err != nil {

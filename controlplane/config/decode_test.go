@@ -1,11 +1,13 @@
 package config
 
 import (
+	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	networking "istio.io/api/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
@@ -349,7 +351,7 @@ spec: {hosts: [reviews]}
 
 	var oe *ObjectError
 	_, errs = Decode([]byte("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n---\nkind: [\n"), "s.yaml")
-	if len(errs) != 1 || !errorsAs(errs[0], &oe) || !oe.Unreadable || oe.Pos != (Position{"s.yaml", 0}) {
+	if len(errs) != 1 || !errorsAs(errs[0], &oe) || !oe.Unreadable || oe.Pos != (Position{"s.yaml", 6}) {
 		t.Errorf("syntax error: %v", errs)
 	}
 }
@@ -392,5 +394,91 @@ func TestDecodeListJSONAndIgnoredKinds(t *testing.T) {
 	}
 	if got := IgnoredKinds(); len(got) != 17 || got[0] != "ClusterRole.rbac.authorization.k8s.io" {
 		t.Errorf("ignored kinds %v", got)
+	}
+}
+
+// Every version Istio or the Gateway API serves for a kind decodes to the
+// one Kind Skiff holds, with the Spec type object.go documents.
+func TestDecodeEveryServedVersion(t *testing.T) {
+	specTypes := map[Kind]string{
+		VirtualService: "*v1alpha3.VirtualService", DestinationRule: "*v1alpha3.DestinationRule",
+		Gateway: "*v1alpha3.Gateway", ServiceEntry: "*v1alpha3.ServiceEntry", Sidecar: "*v1alpha3.Sidecar",
+		WorkloadEntry: "*v1alpha3.WorkloadEntry", WorkloadGroup: "*v1alpha3.WorkloadGroup",
+		PeerAuthentication: "*v1beta1.PeerAuthentication", AuthorizationPolicy: "*v1beta1.AuthorizationPolicy",
+		RequestAuthentication: "*v1beta1.RequestAuthentication", Telemetry: "*v1alpha1.Telemetry",
+		KubeGateway: "*v1.GatewaySpec", HTTPRoute: "*v1.HTTPRouteSpec", GRPCRoute: "*v1.GRPCRouteSpec",
+		TCPRoute: "*v1alpha2.TCPRouteSpec", ReferenceGrant: "*v1.ReferenceGrantSpec", GatewayClass: "*v1.GatewayClassSpec",
+		Namespace: "*v1.Namespace", Service: "*v1.Service", ServiceAccount: "*v1.ServiceAccount", Pod: "*v1.Pod",
+		Secret: "*v1.Secret", ConfigMap: "*v1.ConfigMap", Deployment: "*v1.Deployment", EndpointSlice: "*v1.EndpointSlice",
+	}
+	n := 0
+	for _, ki := range kinds {
+		for _, v := range ki.versions {
+			apiVersion := v
+			if ki.kind.Group != "" {
+				apiVersion = ki.kind.Group + "/" + v
+			}
+			objs, errs := Decode([]byte(fmt.Sprintf("apiVersion: %s\nkind: %s\nmetadata: {name: x}\n", apiVersion, ki.kind.Kind)), "v.yaml")
+			if len(errs) != 0 || len(objs) != 1 {
+				t.Errorf("%s %s: %d objects, errors %v", apiVersion, ki.kind.Kind, len(objs), errs)
+				continue
+			}
+			n++
+			wantNS := "default"
+			if !ki.namespaced {
+				wantNS = ""
+			}
+			if got := fmt.Sprintf("%T", objs[0].Spec); objs[0].Kind != ki.kind || got != specTypes[ki.kind] || objs[0].Meta.Namespace != wantNS {
+				t.Errorf("%s %s: kind %v, spec %s (want %s), namespace %q", apiVersion, ki.kind.Kind, objs[0].Kind, got, specTypes[ki.kind], objs[0].Meta.Namespace)
+			}
+		}
+	}
+	if len(specTypes) != len(kinds) || n != 50 {
+		t.Errorf("%d kinds checked of %d, %d versions decoded", len(specTypes), len(kinds), n)
+	}
+}
+
+// Durations in Istio's documented form ("5m", "30ms") load as protojson's
+// seconds would, since Istio accepts both.
+func TestDecodeGoStyleDurations(t *testing.T) {
+	objs, errs := Decode([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy:
+    connectionPool: {tcp: {connectTimeout: 30ms}}
+    outlierDetection: {interval: 5m, baseEjectionTime: 1h30m, consecutive5xxErrors: 3}
+  subsets:
+  - name: v1
+    labels: {version: v1}
+    trafficPolicy: {outlierDetection: {interval: 2.5s}}
+`), "dr.yaml")
+	if len(errs) != 0 {
+		t.Fatalf("errors: %v", errs)
+	}
+	dr := objs[0].Spec.(*networking.DestinationRule)
+	od := dr.GetTrafficPolicy().GetOutlierDetection()
+	if got := od.GetInterval().AsDuration(); got != 5*time.Minute {
+		t.Errorf("interval = %v, want 5m", got)
+	}
+	if got := od.GetBaseEjectionTime().AsDuration(); got != 90*time.Minute {
+		t.Errorf("baseEjectionTime = %v, want 1h30m", got)
+	}
+	if got := dr.GetTrafficPolicy().GetConnectionPool().GetTcp().GetConnectTimeout().AsDuration(); got != 30*time.Millisecond {
+		t.Errorf("connectTimeout = %v, want 30ms", got)
+	}
+	if got := dr.GetSubsets()[0].GetTrafficPolicy().GetOutlierDetection().GetInterval().AsDuration(); got != 2500*time.Millisecond {
+		t.Errorf("subset interval = %v, want 2.5s", got)
+	}
+	_, errs = Decode([]byte(`apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews
+  trafficPolicy: {outlierDetection: {interval: soon}}
+`), "bad.yaml")
+	if len(errs) != 1 || !strings.Contains(errs[0].Error(), "bad.yaml:6") || !strings.Contains(errs[0].Error(), "interval") {
+		t.Fatalf("a non-duration: %v", errs)
 	}
 }

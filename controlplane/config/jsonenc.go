@@ -118,6 +118,11 @@ func (w *jsonWriter) value(n *yaml.Node, path string, depth int) error {
 				return &nodeError{child, k.Line, fmt.Sprintf("field %q is set twice (first at line %d); keep one", k.Value, first)}
 			}
 			seen[k.Value] = k.Line
+			if w.paths != nil {
+				if _, ok := w.paths[child]; !ok {
+					w.paths[child] = k.Line // a field's line is its key's, not its value's
+				}
+			}
 			if i > 0 {
 				w.buf.WriteByte(',')
 			}

@@ -54,9 +54,12 @@ type Change struct {
 // Rules: an invalid object is rejected and reported, and the previous valid
 // version of its key from the same origin stays in force; an origin whose
 // read failed as a whole (Unreadable, e.g. a YAML syntax error) keeps all
-// its previous objects; a key declared by two origins is taken from the
+// its previous objects, and so does, for the keys it no longer declares,
+// an origin with an error not tied to any object (a misspelt kind could
+// hide any of them); a key declared by two origins is taken from the
 // origin whose name sorts first (so the outcome does not depend on the
-// order events arrived in) and the other declaration is reported.
+// order events arrived in) and the other declaration is reported. Calls
+// for one origin must not overlap; calls for different origins may.
 type Store struct {
 	validate Validator
 	log      *slog.Logger
@@ -67,7 +70,7 @@ type Store struct {
 	conflicts map[Key][]ObjectError
 	version   uint64
 	subs      []*subscriber
-	refCheck  func([]*Object) []error
+	refCheck  func([]*Object) []ObjectError
 	refCache  struct {
 		version uint64
 		errs    []ObjectError
@@ -103,8 +106,9 @@ func NewStore(validate Validator, log *slog.Logger) *Store {
 // SetReferenceChecker installs fn, which looks across all objects (a
 // VirtualService naming a missing Gateway, …); its findings are reported
 // by Errors but reject nothing, since the objects are each valid. fn runs
-// lazily, at most once per snapshot version.
-func (s *Store) SetReferenceChecker(fn func([]*Object) []error) {
+// lazily, at most once per snapshot version. ErrorAt builds its results
+// from an object and an error naming a field.
+func (s *Store) SetReferenceChecker(fn func([]*Object) []ObjectError) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.refCheck = fn
@@ -135,7 +139,7 @@ func (s *Store) check(o *Object) validated {
 		list = j.Unwrap()
 	}
 	for _, e := range list {
-		oe := fieldError(o, e)
+		oe := ErrorAt(o, e)
 		if !oe.Warning {
 			v.rejected = true
 		}
@@ -147,9 +151,12 @@ func (s *Store) check(o *Object) validated {
 // leadingPathRE matches a field path at the start of a validator's message.
 var leadingPathRE = regexp.MustCompile(`^((?:metadata|spec|status|apiVersion|kind)(?:[.\[][^:\s]*)?): (.*)$`)
 
-// fieldError turns a validator's error about o into an ObjectError placed
-// on the line of the field it names.
-func fieldError(o *Object, e error) ObjectError {
+// ErrorAt turns an error about o into an ObjectError placed on the line of
+// the field it names. The field comes from interface{ FieldPath() string }
+// or from the text ("spec.http[0].route: weights sum to 90"); the error is
+// a warning if it says so through interface{ IsWarning() bool } or a
+// leading "warning: ". validation.FieldError works either way.
+func ErrorAt(o *Object, e error) ObjectError {
 	oe := ObjectError{Pos: o.Source, Key: o.Key(), Message: e.Error()}
 	var w interface{ IsWarning() bool }
 	if errors.As(e, &w) && w.IsWarning() {
@@ -184,7 +191,7 @@ func (s *Store) Replace(origin string, objs []*Object, errs []error) {
 		st = &originState{objs: map[Key]*Object{}, errs: map[Key][]ObjectError{}}
 	}
 	newErrs := map[Key][]ObjectError{}
-	unreadable := false
+	unreadable, unattributed := false, false
 	failed := map[Key]bool{}
 	for _, err := range errs {
 		oe := asObjectError(err)
@@ -193,6 +200,8 @@ func (s *Store) Replace(origin string, objs []*Object, errs []error) {
 		if oe.Key.Name != "" {
 			k = oe.Key
 			failed[k] = true
+		} else {
+			unattributed = true
 		}
 		newErrs[k] = append(newErrs[k], oe)
 	}
@@ -214,11 +223,17 @@ func (s *Store) Replace(origin string, objs []*Object, errs []error) {
 				failed[k] = true
 				continue
 			}
+			if old := st.objs[k]; old != nil && sameContent(old, v.obj) && old.Source == v.obj.Source {
+				v.obj = old // an unchanged document of a reread file
+			}
 			newObjs[k] = v.obj
 		}
-		for k := range failed {
-			if _, ok := newObjs[k]; !ok && st.objs[k] != nil {
-				newObjs[k] = st.objs[k]
+		for k, o := range st.objs {
+			// A document that failed without a name (a misspelt kind, …)
+			// may be any of the origin's objects: keep them all until the
+			// origin reads cleanly.
+			if _, ok := newObjs[k]; !ok && (failed[k] || unattributed) {
+				newObjs[k] = o
 			}
 		}
 		for k, o := range st.objs {
@@ -333,7 +348,7 @@ func (s *Store) setErrors(origin string, st *originState, errs map[Key][]ObjectE
 		}
 		for _, e := range list {
 			if !slices.Contains(st.errs[k], e) {
-				s.log.Warn("config rejected", "origin", origin, "error", e.Error())
+				s.log.Warn("config problem", "origin", origin, "error", e.Error())
 			}
 		}
 	}
@@ -397,8 +412,7 @@ func (s *Store) apply(keys []Key) {
 		} else {
 			t.objs[k] = winner
 		}
-		if winner == nil || prev == nil || winner.Meta.ResourceVersion == "" ||
-			winner.Meta.ResourceVersion != prev.Meta.ResourceVersion {
+		if winner == nil || prev == nil || !sameContent(prev, winner) {
 			changed = append(changed, k)
 		}
 	}
@@ -423,6 +437,12 @@ func (s *Store) apply(keys []Key) {
 		}
 	}
 	s.mu.Unlock()
+}
+
+// sameContent reports whether two versions of an object are known to be
+// equal: both carry the same non-empty resource version.
+func sameContent(a, b *Object) bool {
+	return a.Meta.ResourceVersion != "" && a.Meta.ResourceVersion == b.Meta.ResourceVersion
 }
 
 func objsOf(t *kindTable) map[Key]*Object {
@@ -462,10 +482,7 @@ func (s *Store) Errors() []ObjectError {
 	s.mu.Unlock()
 	if check != nil && !fresh {
 		// Run outside the lock: a slow checker must not hold up sources.
-		refs = []ObjectError{}
-		for _, e := range check(snap.All()) {
-			refs = append(refs, asObjectError(e))
-		}
+		refs = append([]ObjectError{}, check(snap.All())...)
 		s.mu.Lock()
 		s.refCache.version, s.refCache.errs = snap.Version, refs
 		s.mu.Unlock()

@@ -7,7 +7,6 @@
 package file
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -28,10 +27,12 @@ import (
 // Options tune a Source; the zero value is usable.
 type Options struct {
 	// Debounce is how long the tree must be quiet before changes are read
-	// (default 100ms). A file that disappears is removed only if it is
-	// still missing one more Debounce later, so an editor's save by
-	// rename never removes the file's objects, even for a moment.
+	// (default 100ms).
 	Debounce time.Duration
+	// DeleteGrace is how long a file must stay missing before its objects
+	// are removed (default 1s), so an editor's save by rename, or a file
+	// moved away and back, never removes them even for a moment.
+	DeleteGrace time.Duration
 	// Resync rereads the tree this often even without events, a safety net
 	// for events the kernel dropped (default 1 minute).
 	Resync time.Duration
@@ -47,8 +48,8 @@ type Source struct {
 
 	// Owned by Run.
 	files   map[string]fileState
-	missing map[string]bool // seen missing by the last scan; removed if still missing
-	watch   int             // inotify descriptor, -1 without inotify
+	missing map[string]time.Time // when a file known to the sink was first seen missing
+	watch   int                  // inotify descriptor, -1 without inotify
 }
 
 // fileState is what was last read from one file.
@@ -65,6 +66,9 @@ func New(dir string, opts Options) *Source {
 	if opts.Debounce <= 0 {
 		opts.Debounce = 100 * time.Millisecond
 	}
+	if opts.DeleteGrace <= 0 {
+		opts.DeleteGrace = time.Second
+	}
 	if opts.Resync <= 0 {
 		opts.Resync = time.Minute
 	}
@@ -72,7 +76,7 @@ func New(dir string, opts Options) *Source {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Source{dir: dir, opts: opts, synced: make(chan struct{}),
-		files: map[string]fileState{}, missing: map[string]bool{}, watch: -1}
+		files: map[string]fileState{}, missing: map[string]time.Time{}, watch: -1}
 }
 
 // Synced is closed once every file present at start has been given to the
@@ -83,7 +87,7 @@ const watchMask = unix.IN_CREATE | unix.IN_DELETE | unix.IN_MODIFY | unix.IN_CLO
 	unix.IN_MOVED_FROM | unix.IN_MOVED_TO | unix.IN_ATTRIB | unix.IN_DELETE_SELF | unix.IN_MOVE_SELF | unix.IN_ONLYDIR
 
 // Run reads the tree into sink, then follows changes until ctx is done. It
-// fails only if dir is not a readable directory at start.
+// fails only if dir is not a readable directory at start. Call it once.
 func (s *Source) Run(ctx context.Context, sink config.Sink) error {
 	fi, err := os.Stat(s.dir)
 	if err != nil {
@@ -113,18 +117,30 @@ func (s *Source) Run(ctx context.Context, sink config.Sink) error {
 	<-debounce.C
 	resync := time.NewTicker(s.opts.Resync)
 	defer resync.Stop()
+	// A file written without pause would keep the tree from ever being
+	// quiet; after maxDelay of events the scan runs anyway.
+	maxDelay := 10 * s.opts.Debounce
+	var firstEvent time.Time
+	wake := func() {
+		now := time.Now()
+		if firstEvent.IsZero() {
+			firstEvent = now
+		}
+		debounce.Reset(max(0, min(s.opts.Debounce, maxDelay-now.Sub(firstEvent))))
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			debounce.Stop()
 			return nil
 		case <-events:
-			debounce.Reset(s.opts.Debounce)
+			wake()
 		case <-resync.C:
-			debounce.Reset(s.opts.Debounce)
+			wake()
 		case <-debounce.C:
-			if s.scan(sink) {
-				debounce.Reset(s.opts.Debounce)
+			firstEvent = time.Time{}
+			if wait := s.scan(sink); wait > 0 {
+				debounce.Reset(wait)
 			}
 		}
 	}
@@ -145,21 +161,25 @@ func readEvents(f *os.File, events chan<- struct{}) {
 	}
 }
 
-// scan walks the tree, gives the sink every file that changed, and reports
-// whether files are missing whose removal waits for the next scan.
-func (s *Source) scan(sink config.Sink) (pending bool) {
+// scan walks the tree and gives the sink every file that changed. It
+// returns how long until a missing file's grace ends (0 if none is
+// pending), when the tree must be scanned again.
+func (s *Source) scan(sink config.Sink) (wait time.Duration) {
 	seen := map[string]bool{}
 	var unreadableDirs []string
-	walkErr := filepath.WalkDir(s.dir, func(path string, d fs.DirEntry, err error) error {
+	// The trailing separator makes WalkDir follow a root that is a symlink
+	// to a directory; the paths it passes below the root are clean.
+	root := filepath.Clean(s.dir) + string(filepath.Separator)
+	walkErr := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
 		if err != nil {
-			if path == s.dir {
+			if path == root {
 				return err
 			}
 			s.opts.Log.Warn("cannot read config directory; keeping what it held", "dir", path, "error", err)
 			unreadableDirs = append(unreadableDirs, path)
 			return fs.SkipDir
 		}
-		if path != s.dir && strings.HasPrefix(d.Name(), ".") {
+		if path != root && strings.HasPrefix(d.Name(), ".") {
 			// Editors' swap files, and the ..data links of a mounted ConfigMap.
 			if d.IsDir() {
 				return fs.SkipDir
@@ -184,27 +204,34 @@ func (s *Source) scan(sink config.Sink) (pending bool) {
 	})
 	if walkErr != nil {
 		s.opts.Log.Warn("cannot read config directory; keeping the config it held", "dir", s.dir, "error", walkErr)
-		return false
+		return 0
 	}
-	for path := range s.files {
-		if seen[path] || under(path, unreadableDirs) {
-			continue
-		}
-		if s.missing[path] {
-			delete(s.missing, path)
-			delete(s.files, path)
-			sink.Replace(path, nil, nil)
-			continue
-		}
-		s.missing[path] = true
-		pending = true
-	}
+	now := time.Now()
 	for path := range s.missing {
 		if seen[path] {
 			delete(s.missing, path)
 		}
 	}
-	return pending
+	for path := range s.files {
+		if seen[path] || under(path, unreadableDirs) {
+			continue
+		}
+		since, ok := s.missing[path]
+		if !ok {
+			since = now
+			s.missing[path] = now
+		}
+		if left := s.opts.DeleteGrace - now.Sub(since); left > 0 {
+			if wait == 0 || left < wait {
+				wait = left
+			}
+			continue
+		}
+		delete(s.missing, path)
+		delete(s.files, path)
+		sink.Replace(path, nil, nil)
+	}
+	return wait
 }
 
 func isManifest(path string) bool {
@@ -257,7 +284,7 @@ func (s *Source) readFile(path string, sink config.Sink) bool {
 	}
 	st.sum = sha256.Sum256(data)
 	s.files[path] = st
-	if known && bytes.Equal(st.sum[:], prev.sum[:]) {
+	if known && st.sum == prev.sum {
 		return true
 	}
 	objs, errs := config.Decode(data, path)

@@ -2,11 +2,11 @@ package validation
 
 import (
 	"math/big"
+	"net/netip"
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
 	typev1beta1 "istio.io/api/type/v1beta1"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 )
@@ -27,8 +27,8 @@ func (v *collector) destinationRule(dr *networking.DestinationRule) {
 		case s.Name == "":
 			v.add(field(p, "name"), "is empty; every subset needs a name")
 		default:
-			if errs := validation.IsDNS1123Label(s.Name); len(errs) > 0 {
-				v.add(field(p, "name"), "subset name %q is invalid: %s", s.Name, errs[0])
+			if msg := dnsLabel(s.Name); msg != "" {
+				v.add(field(p, "name"), "subset name %q is invalid; %s", s.Name, msg)
 			}
 			if first, dup := names[s.Name]; dup {
 				v.add(field(p, "name"), "subset %q is already defined at spec.subsets[%d]; subset names must be unique", s.Name, first)
@@ -39,7 +39,14 @@ func (v *collector) destinationRule(dr *networking.DestinationRule) {
 		v.labels(field(p, "labels"), s.Labels)
 		v.trafficPolicy(field(p, "trafficPolicy"), s.TrafficPolicy, false)
 	}
-	v.exportTo("spec.exportTo", dr.ExportTo)
+	v.exportTo("spec.exportTo", dr.ExportTo, false)
+	if dr.WorkloadSelector != nil {
+		for i, e := range dr.ExportTo {
+			if e != "." && e != v.namespace {
+				v.add(idx("spec.exportTo", i), "a DestinationRule with workloadSelector applies in its own namespace only; export it to \".\" or remove exportTo")
+			}
+		}
+	}
 	v.typeSelector("spec.workloadSelector", dr.WorkloadSelector)
 }
 
@@ -56,13 +63,20 @@ func (v *collector) trafficPolicy(path string, tp *networking.TrafficPolicy, por
 	v.connectionPool(field(path, "connectionPool"), tp.ConnectionPool)
 	v.outlierDetection(field(path, "outlierDetection"), tp.OutlierDetection)
 	v.clientTLS(field(path, "tls"), tp.Tls)
+	if tp.Tunnel != nil && tp.ProxyProtocol != nil {
+		v.add(field(path, "proxyProtocol"), "cannot be combined with tunnel; keep one")
+	}
 	if t := tp.Tunnel; t != nil {
 		tpath := field(path, "tunnel")
 		if t.Protocol != "" && t.Protocol != "CONNECT" && t.Protocol != "POST" {
 			v.add(field(tpath, "protocol"), "%q is not a tunnel protocol; use CONNECT or POST", t.Protocol)
 		}
-		if t.TargetHost == "" {
+		_, ipErr := netip.ParseAddr(t.TargetHost)
+		switch {
+		case t.TargetHost == "":
 			v.add(field(tpath, "targetHost"), "is empty; give the host the tunnel connects to")
+		case ipErr != nil && (hostProblem(t.TargetHost) != "" || strings.Contains(t.TargetHost, "*")):
+			v.add(field(tpath, "targetHost"), "%q is neither a DNS name nor an IP address", t.TargetHost)
 		}
 		v.port(field(tpath, "targetPort"), t.TargetPort)
 	}
@@ -115,6 +129,9 @@ func (v *collector) loadBalancer(path string, lb *networking.LoadBalancerSetting
 		if lb.WarmupDurationSecs != nil {
 			v.add(wp, "cannot be combined with warmupDurationSecs; keep warmup")
 		}
+		if w.Duration == nil {
+			v.add(field(wp, "duration"), "is required; give how long new endpoints ramp up")
+		}
 		v.duration(field(wp, "duration"), w.Duration, false)
 		if w.MinimumPercent != nil {
 			v.percent(field(wp, "minimumPercent"), w.MinimumPercent.Value)
@@ -125,8 +142,11 @@ func (v *collector) loadBalancer(path string, lb *networking.LoadBalancerSetting
 	}
 }
 
-// maxRingSize is Envoy's cap on a ring hash's size.
-const maxRingSize = 1 << 23
+// Envoy's caps on a ring hash's and a Maglev table's size.
+const (
+	maxRingSize = 1 << 23
+	maxMaglev   = 5000011
+)
 
 func (v *collector) consistentHash(path string, ch *networking.LoadBalancerSettings_ConsistentHashLB) {
 	if ch == nil {
@@ -135,7 +155,7 @@ func (v *collector) consistentHash(path string, ch *networking.LoadBalancerSetti
 	}
 	switch k := ch.HashKey.(type) {
 	case nil:
-		v.add(path, "has no hash key; set httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName")
+		v.warn(path, "has no hash key, so every request hashes alike; set httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName")
 	case *networking.LoadBalancerSettings_ConsistentHashLB_HttpHeaderName:
 		v.headerName(field(path, "httpHeaderName"), k.HttpHeaderName)
 	case *networking.LoadBalancerSettings_ConsistentHashLB_HttpCookie:
@@ -146,7 +166,7 @@ func (v *collector) consistentHash(path string, ch *networking.LoadBalancerSetti
 		}
 	case *networking.LoadBalancerSettings_ConsistentHashLB_UseSourceIp:
 		if !k.UseSourceIp {
-			v.add(field(path, "useSourceIp"), "is false, which hashes on nothing; set it true or choose another key")
+			v.warn(field(path, "useSourceIp"), "is false, which hashes on nothing; set it true or choose another key")
 		}
 	case *networking.LoadBalancerSettings_ConsistentHashLB_HttpQueryParameterName:
 		if k.HttpQueryParameterName == "" {
@@ -155,6 +175,9 @@ func (v *collector) consistentHash(path string, ch *networking.LoadBalancerSetti
 	}
 	if ch.MinimumRingSize > maxRingSize {
 		v.add(field(path, "minimumRingSize"), "%d exceeds Envoy's limit of %d", ch.MinimumRingSize, maxRingSize)
+	}
+	if ch.MinimumRingSize != 0 && ch.HashAlgorithm == nil {
+		v.warn(field(path, "minimumRingSize"), "is deprecated; use ringHash.minimumRingSize")
 	}
 	switch a := ch.HashAlgorithm.(type) {
 	case *networking.LoadBalancerSettings_ConsistentHashLB_RingHash_:
@@ -168,8 +191,13 @@ func (v *collector) consistentHash(path string, ch *networking.LoadBalancerSetti
 		if ch.MinimumRingSize != 0 {
 			v.add(field(path, "minimumRingSize"), "applies to ring hash only and cannot be combined with maglev")
 		}
-		if a.Maglev != nil && a.Maglev.TableSize != 0 && !big.NewInt(0).SetUint64(a.Maglev.TableSize).ProbablyPrime(20) {
-			v.add(field(path, "maglev.tableSize"), "%d is not prime; Maglev needs a prime table size such as 65537", a.Maglev.TableSize)
+		switch size := a.Maglev.GetTableSize(); {
+		case size == 0:
+			v.add(field(path, "maglev.tableSize"), "is required; give a prime such as 65537")
+		case size >= maxMaglev:
+			v.add(field(path, "maglev.tableSize"), "%d is too large; Envoy takes primes below %d", size, maxMaglev)
+		case !big.NewInt(0).SetUint64(size).ProbablyPrime(20):
+			v.add(field(path, "maglev.tableSize"), "%d is not prime; Maglev needs a prime table size such as 65537", size)
 		}
 	}
 }
@@ -273,6 +301,9 @@ func (v *collector) connectionPool(path string, cp *networking.ConnectionPoolSet
 		v.nonNegative(field(hp, "maxRetries"), h.MaxRetries)
 		v.nonNegative(field(hp, "maxConcurrentStreams"), h.MaxConcurrentStreams)
 		v.duration(field(hp, "idleTimeout"), h.IdleTimeout, false)
+		if h.H2UpgradePolicy == networking.ConnectionPoolSettings_HTTPSettings_UPGRADE && h.UseClientProtocol {
+			v.add(field(hp, "useClientProtocol"), "cannot be true with h2UpgradePolicy UPGRADE; keep one")
+		}
 		if ka := h.Http2KeepAlive; ka != nil {
 			v.duration(field(hp, "http2KeepAlive.interval"), ka.Interval, false)
 			v.duration(field(hp, "http2KeepAlive.timeout"), ka.Timeout, false)
@@ -289,6 +320,9 @@ func (v *collector) nonNegative(path string, n int32) {
 func (v *collector) outlierDetection(path string, od *networking.OutlierDetection) {
 	if od == nil {
 		return
+	}
+	if od.ConsecutiveErrors != 0 {
+		v.warn(field(path, "consecutiveErrors"), "is deprecated; use consecutive5xxErrors or consecutiveGatewayErrors")
 	}
 	v.nonNegative(field(path, "consecutiveErrors"), od.ConsecutiveErrors)
 	v.duration(field(path, "interval"), od.Interval, false)
@@ -349,6 +383,9 @@ func (v *collector) clientTLS(path string, t *networking.ClientTLSSettings) {
 func (v *collector) typeSelector(path string, s *typev1beta1.WorkloadSelector) {
 	if s == nil {
 		return
+	}
+	if len(s.MatchLabels) == 0 {
+		v.warn(field(path, "matchLabels"), "is empty, so the selector selects every workload in the namespace; give labels or remove the selector")
 	}
 	v.selectorLabels(field(path, "matchLabels"), s.MatchLabels)
 }

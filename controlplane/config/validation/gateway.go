@@ -5,7 +5,6 @@ import (
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 )
@@ -83,8 +82,8 @@ func (v *collector) namespacedHost(path, h string, needNamespace bool) {
 		switch ns {
 		case "*", ".", "~":
 		default:
-			if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-				v.add(path, "%q: namespace %q is invalid: %s", h, ns, errs[0])
+			if msg := dnsLabel(ns); msg != "" {
+				v.add(path, "%q: namespace %q is invalid; %s", h, ns, msg)
 				return
 			}
 		}
@@ -101,7 +100,7 @@ func (v *collector) serverTLS(path string, t *networking.ServerTLSSettings, prot
 		return
 	}
 	if t.HttpsRedirect && proto != "" && proto != "HTTP" {
-		v.add(field(path, "httpsRedirect"), "applies only to HTTP servers; this server is %s", proto)
+		v.warn(field(path, "httpsRedirect"), "applies only to HTTP servers; this server is %s", proto)
 	}
 	if !tlsProto {
 		// A plain-text server may carry tls only to redirect to HTTPS.
@@ -125,22 +124,43 @@ func hasTLSSettings(t *networking.ServerTLSSettings) bool {
 // tlsOptions checks the certificates a terminating mode needs.
 func (v *collector) tlsOptions(path string, t *networking.ServerTLSSettings) {
 	creds := t.CredentialName != "" || len(t.CredentialNames) > 0
-	if t.CredentialName != "" && len(t.CredentialNames) > 0 {
-		v.add(path, "sets both credentialName and credentialNames; keep one")
-	}
 	files := t.ServerCertificate != "" || t.PrivateKey != "" || len(t.TlsCertificates) > 0
+	sources := 0
+	for _, set := range []bool{t.ServerCertificate != "" && t.PrivateKey != "", t.CredentialName != "", len(t.CredentialNames) > 0, len(t.TlsCertificates) > 0} {
+		if set {
+			sources++
+		}
+	}
+	if sources > 1 {
+		v.add(path, "sets more than one of credentialName, credentialNames, serverCertificate/privateKey and tlsCertificates; keep one")
+	}
+	if t.CaCrl != "" && t.CredentialName != "" {
+		v.add(field(path, "caCrl"), "cannot be combined with credentialName; put the CRL in the credential")
+	}
 	switch t.Mode {
+	case networking.ServerTLSSettings_PASSTHROUGH, networking.ServerTLSSettings_AUTO_PASSTHROUGH:
+		if files || creds || t.CaCertificates != "" || t.CaCrl != "" {
+			v.warn(path, "%s does not terminate TLS, so its certificates are ignored; remove them", t.Mode)
+		}
 	case networking.ServerTLSSettings_SIMPLE, networking.ServerTLSSettings_MUTUAL, networking.ServerTLSSettings_OPTIONAL_MUTUAL:
-		if creds {
-			if files {
-				v.add(path, "sets credentialName and certificate files; use one or the other")
-			}
-		} else if len(t.TlsCertificates) == 0 {
+		if t.Mode == networking.ServerTLSSettings_SIMPLE && t.CaCrl != "" {
+			v.add(field(path, "caCrl"), "applies to client certificates, which SIMPLE TLS does not ask for; use MUTUAL or remove it")
+		}
+		if !creds && len(t.TlsCertificates) == 0 {
 			if t.ServerCertificate == "" {
 				v.add(field(path, "serverCertificate"), "is required for %s TLS unless credentialName is set", t.Mode)
 			}
 			if t.PrivateKey == "" {
 				v.add(field(path, "privateKey"), "is required for %s TLS unless credentialName is set", t.Mode)
+			}
+		}
+		for i, c := range t.TlsCertificates {
+			cp := idx(field(path, "tlsCertificates"), i)
+			if c.GetServerCertificate() == "" {
+				v.add(field(cp, "serverCertificate"), "is required")
+			}
+			if c.GetPrivateKey() == "" {
+				v.add(field(cp, "privateKey"), "is required")
 			}
 		}
 		if t.Mode != networking.ServerTLSSettings_SIMPLE && !creds && t.CaCertificates == "" && t.CaCertCredentialName == "" {

@@ -2,6 +2,7 @@ package validation
 
 import (
 	"maps"
+	"net/netip"
 	"regexp"
 	"slices"
 	"strings"
@@ -29,12 +30,14 @@ var (
 	gwSectionName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$`)
 	gwDuration    = regexp.MustCompile(`^([0-9]{1,5}(h|m|s|ms)){1,4}$`)
 	gwController  = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\/[A-Za-z0-9\/\-._~%!$&'()*+,;=:]+$`)
+	gwPathChars   = regexp.MustCompile(`^(?:[-A-Za-z0-9/._~!$&'()*+,;=:@]|[%][0-9a-fA-F]{2})+$`)
 	grpcService   = regexp.MustCompile(`^[a-zA-Z0-9_]+(\.[a-zA-Z0-9_]+)*$`)
 	grpcMethod    = regexp.MustCompile(`^[A-Za-z_][A-Za-z_0-9]*$`)
 )
 
 func (v *collector) gwHostname(path string, h string) {
-	if len(h) > 253 || !gwHostname.MatchString(h) {
+	_, ipErr := netip.ParseAddr(h)
+	if len(h) > 253 || !gwHostname.MatchString(h) || ipErr == nil {
 		v.add(path, "%q is not a valid hostname; use lowercase DNS labels, optionally starting with \"*.\" (IP addresses are not allowed)", h)
 	}
 }
@@ -100,6 +103,9 @@ func (v *collector) kubeGateway(g *gatewayv1.GatewaySpec) {
 				v.add(field(p, "tls"), "must not be set for protocol %s; use HTTPS or TLS to terminate TLS", proto)
 			}
 		case gatewayv1.HTTPSProtocolType, gatewayv1.TLSProtocolType:
+			if proto == gatewayv1.TLSProtocolType && (l.TLS == nil || l.TLS.Mode == nil) {
+				v.add(field(p, "tls.mode"), "must be set for protocol TLS; use Passthrough, or Terminate with certificateRefs")
+			}
 			if l.TLS == nil {
 				if proto == gatewayv1.HTTPSProtocolType {
 					v.add(field(p, "tls"), "is required for protocol HTTPS; give certificateRefs")
@@ -129,6 +135,62 @@ func (v *collector) parentRefs(path string, refs []gatewayv1.ParentReference) {
 	if len(refs) > 32 {
 		v.add(path, "has %d entries; at most 32 are allowed", len(refs))
 	}
+	// A parent named twice must be told apart by sectionName or port.
+	type parent struct{ group, kind, ns, name string }
+	type section struct {
+		name string
+		port int32
+	}
+	keyOf := func(r gatewayv1.ParentReference) parent {
+		k := parent{name: string(r.Name)}
+		if r.Group != nil {
+			k.group = string(*r.Group)
+		}
+		if r.Kind != nil {
+			k.kind = string(*r.Kind)
+		}
+		if r.Namespace != nil {
+			k.ns = string(*r.Namespace)
+		}
+		return k
+	}
+	byParent := map[parent][]int{}
+	for i, r := range refs {
+		byParent[keyOf(r)] = append(byParent[keyOf(r)], i)
+	}
+	for i, r := range refs {
+		same := byParent[keyOf(r)]
+		if len(same) < 2 {
+			continue
+		}
+		s := section{}
+		if r.SectionName != nil {
+			s.name = string(*r.SectionName)
+		}
+		if r.Port != nil {
+			s.port = *r.Port
+		}
+		if s == (section{}) {
+			v.add(idx(path, i), "names parent %q again without sectionName or port; say which listener or port of it each entry means", r.Name)
+			continue
+		}
+		for _, j := range same {
+			if j >= i {
+				break
+			}
+			o := section{}
+			if refs[j].SectionName != nil {
+				o.name = string(*refs[j].SectionName)
+			}
+			if refs[j].Port != nil {
+				o.port = *refs[j].Port
+			}
+			if o == s {
+				v.add(idx(path, i), "repeats %s with the same sectionName and port; remove one", idx(path, j))
+				break
+			}
+		}
+	}
 	for i, r := range refs {
 		p := idx(path, i)
 		if r.Name == "" {
@@ -147,8 +209,32 @@ func (v *collector) routeHostnames(path string, hs []gatewayv1.Hostname) {
 	if len(hs) > 16 {
 		v.add(path, "has %d entries; at most 16 are allowed", len(hs))
 	}
+	seen := map[gatewayv1.Hostname]bool{}
 	for i, h := range hs {
 		v.gwHostname(idx(path, i), string(h))
+		if seen[h] {
+			v.add(idx(path, i), "%q is listed twice", h)
+		}
+		seen[h] = true
+	}
+}
+
+// ruleNames checks that named rules have unique names.
+func (v *collector) ruleNames(names []*gatewayv1.SectionName) {
+	seen := map[gatewayv1.SectionName]int{}
+	for i, n := range names {
+		if n == nil {
+			continue
+		}
+		p := field(idx("spec.rules", i), "name")
+		if !gwSectionName.MatchString(string(*n)) {
+			v.add(p, "%q is not a valid rule name; use lowercase letters, digits, '-' and '.'", *n)
+		}
+		if first, dup := seen[*n]; dup {
+			v.add(p, "rule name %q is already used by spec.rules[%d]; rule names must be unique", *n, first)
+		} else {
+			seen[*n] = i
+		}
 	}
 }
 
@@ -183,6 +269,16 @@ func (v *collector) httpRouteSpec(s *gatewayv1.HTTPRouteSpec) {
 	v.routeHostnames("spec.hostnames", s.Hostnames)
 	if len(s.Rules) > 16 {
 		v.add("spec.rules", "has %d rules; at most 16 are allowed", len(s.Rules))
+	}
+	names := make([]*gatewayv1.SectionName, len(s.Rules))
+	total := 0
+	for i, r := range s.Rules {
+		names[i] = r.Name
+		total += len(r.Matches)
+	}
+	v.ruleNames(names)
+	if total > 128 {
+		v.add("spec.rules", "have %d matches in all; at most 128 are allowed across a route's rules", total)
 	}
 	for i, r := range s.Rules {
 		p := idx("spec.rules", i)
@@ -256,7 +352,9 @@ func (v *collector) httpRouteMatch(path string, m gatewayv1.HTTPRouteMatch) {
 		}
 		switch typ {
 		case gatewayv1.PathMatchExact, gatewayv1.PathMatchPathPrefix:
-			if msg := pathValueProblem(val); msg != "" {
+			if !gwPathChars.MatchString(val) {
+				v.add(field(path, "path.value"), "%q has characters a path cannot hold; percent-encode them", val)
+			} else if msg := pathValueProblem(val); msg != "" {
 				v.add(field(path, "path.value"), "%q %s", val, msg)
 			}
 		case gatewayv1.PathMatchRegularExpression:
@@ -490,6 +588,11 @@ func (v *collector) grpcRouteSpec(s *gatewayv1.GRPCRouteSpec) {
 	if len(s.Rules) > 16 {
 		v.add("spec.rules", "has %d rules; at most 16 are allowed", len(s.Rules))
 	}
+	names := make([]*gatewayv1.SectionName, len(s.Rules))
+	for i, r := range s.Rules {
+		names[i] = r.Name
+	}
+	v.ruleNames(names)
 	for i, r := range s.Rules {
 		p := idx("spec.rules", i)
 		for j, m := range r.Matches {
@@ -569,6 +672,11 @@ func (v *collector) tcpRouteSpec(s *gatewayv1alpha2.TCPRouteSpec) {
 	if n := len(s.Rules); n == 0 || n > 16 {
 		v.add("spec.rules", "has %d rules; a TCPRoute needs 1 to 16", n)
 	}
+	names := make([]*gatewayv1.SectionName, len(s.Rules))
+	for i, r := range s.Rules {
+		names[i] = r.Name
+	}
+	v.ruleNames(names)
 	for i, r := range s.Rules {
 		p := idx("spec.rules", i)
 		if n := len(r.BackendRefs); n == 0 || n > 16 {

@@ -14,7 +14,14 @@ func init() {
 	register(config.Deployment, (*collector).deployment)
 }
 
+// portNameRule is Kubernetes' IANA_SVC_NAME rule for container port names.
+const portNameRule = "use at most 15 lowercase letters, digits or '-', with at least one letter and no leading, trailing or double '-'"
+
 func (v *collector) service(s *corev1.Service) {
+	// A Service's name becomes a DNS label, which must start with a letter.
+	if s.Name != "" && dnsSubdomain(s.Name) == "" && len(validation.IsDNS1035Label(s.Name)) > 0 {
+		v.add("metadata.name", "%q is not a valid Service name; use at most 63 lowercase letters, digits or '-', starting with a letter and ending with a letter or digit", s.Name)
+	}
 	names := map[string]int{}
 	type portKey struct {
 		port     int32
@@ -54,8 +61,8 @@ func (v *collector) service(s *corev1.Service) {
 			ports[k] = i
 		}
 		if tp := sp.TargetPort; tp.StrVal != "" {
-			if errs := validation.IsValidPortName(tp.StrVal); len(errs) > 0 {
-				v.add(field(p, "targetPort"), "%q is not a port number or container port name: %s", tp.StrVal, errs[0])
+			if len(validation.IsValidPortName(tp.StrVal)) > 0 {
+				v.add(field(p, "targetPort"), "%q is not a port number or container port name; %s", tp.StrVal, portNameRule)
 			}
 		} else if tp.IntVal < 0 || tp.IntVal > 65535 {
 			v.add(field(p, "targetPort"), "port %d is out of range; use 1-65535", tp.IntVal)
@@ -89,8 +96,8 @@ func (v *collector) podSpec(path string, ps *corev1.PodSpec) {
 	names := map[string]bool{}
 	for i, c := range ps.Containers {
 		p := idx(field(path, "containers"), i)
-		if errs := validation.IsDNS1123Label(c.Name); len(errs) > 0 {
-			v.add(field(p, "name"), "%q is not a valid container name: %s", c.Name, errs[0])
+		if msg := dnsLabel(c.Name); msg != "" {
+			v.add(field(p, "name"), "%q is not a valid container name; %s", c.Name, msg)
 		}
 		if names[c.Name] {
 			v.add(field(p, "name"), "container name %q is used twice", c.Name)
@@ -108,8 +115,8 @@ func (v *collector) podSpec(path string, ps *corev1.PodSpec) {
 				v.add(field(pp, "containerPort"), "port %d is out of range; use 1-65535", cp.ContainerPort)
 			}
 			if cp.Name != "" {
-				if errs := validation.IsValidPortName(cp.Name); len(errs) > 0 {
-					v.add(field(pp, "name"), "%q is not a valid port name: %s", cp.Name, errs[0])
+				if len(validation.IsValidPortName(cp.Name)) > 0 {
+					v.add(field(pp, "name"), "%q is not a valid port name; %s", cp.Name, portNameRule)
 				} else if portNames[cp.Name] {
 					v.add(field(pp, "name"), "port name %q is used twice in this container", cp.Name)
 				}

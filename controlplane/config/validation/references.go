@@ -23,9 +23,10 @@ const defaultDomain = "svc.cluster.local"
 // CheckReferences checks what one object cannot tell alone, as `istioctl
 // analyze` does: a VirtualService bound to a Gateway that does not exist
 // (error), an HTTPRoute or GRPCRoute whose parent Gateway or listener does
-// not exist (error), a route to a subset no DestinationRule defines
-// (warning), and several DestinationRules for one host in one namespace
-// (warning). Objects with the same key are taken as one object seen twice,
+// not exist (error) or whose parent Service does not (warning), a route to
+// a host no Service or ServiceEntry provides or to a subset no
+// DestinationRule defines (warnings), and several DestinationRules for one
+// host in one namespace (warning). Objects with the same key are taken as one object seen twice,
 // never as duplicates. Results follow the order of objs.
 func CheckReferences(objs []*config.Object) []ObjectError {
 	ix := newIndex(objs)
@@ -55,6 +56,10 @@ type index struct {
 	istioGateways map[nsName]bool
 	kubeGateways  map[nsName]*gatewayv1.GatewaySpec
 	services      map[nsName]bool
+	// serviceHosts are the Services' FQDNs; entryHosts the ServiceEntries'
+	// hosts as written (resolved), wildcards included.
+	serviceHosts map[string]bool
+	entryHosts   []string
 	// subsets maps a DestinationRule host (as resolved) to the subsets
 	// defined for it, across all DestinationRules.
 	subsets map[string]map[string]bool
@@ -67,6 +72,7 @@ func newIndex(objs []*config.Object) *index {
 		istioGateways: map[nsName]bool{},
 		kubeGateways:  map[nsName]*gatewayv1.GatewaySpec{},
 		services:      map[nsName]bool{},
+		serviceHosts:  map[string]bool{},
 		subsets:       map[string]map[string]bool{},
 		rules:         map[nsName][]*config.Object{},
 	}
@@ -82,6 +88,13 @@ func newIndex(objs []*config.Object) *index {
 			}
 		case config.Service:
 			ix.services[k] = true
+			ix.serviceHosts[resolveHost(k.name, k.ns)] = true
+		case config.ServiceEntry:
+			if se, ok := o.Spec.(*networking.ServiceEntry); ok {
+				for _, h := range se.Hosts {
+					ix.entryHosts = append(ix.entryHosts, resolveHost(h, k.ns))
+				}
+			}
 		case config.DestinationRule:
 			dr, ok := o.Spec.(*networking.DestinationRule)
 			if !ok {
@@ -137,13 +150,13 @@ func (ix *index) virtualServiceRefs(v *collector, o *config.Object, vs *networki
 		}
 		for j, d := range r.Route {
 			if d != nil {
-				ix.subsetRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
+				ix.destinationRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
 			}
 		}
-		ix.subsetRef(v, ns, field(p, "mirror"), r.Mirror)
+		ix.destinationRef(v, ns, field(p, "mirror"), r.Mirror)
 		for j, m := range r.Mirrors {
 			if m != nil {
-				ix.subsetRef(v, ns, field(idx(field(p, "mirrors"), j), "destination"), m.Destination)
+				ix.destinationRef(v, ns, field(idx(field(p, "mirrors"), j), "destination"), m.Destination)
 			}
 		}
 	}
@@ -159,7 +172,7 @@ func (ix *index) virtualServiceRefs(v *collector, o *config.Object, vs *networki
 		}
 		for j, d := range r.Route {
 			if d != nil {
-				ix.subsetRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
+				ix.destinationRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
 			}
 		}
 	}
@@ -175,7 +188,7 @@ func (ix *index) virtualServiceRefs(v *collector, o *config.Object, vs *networki
 		}
 		for j, d := range r.Route {
 			if d != nil {
-				ix.subsetRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
+				ix.destinationRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
 			}
 		}
 	}
@@ -189,6 +202,9 @@ func (ix *index) gatewayRefs(v *collector, ns, path string, gws []string) {
 		k := nsName{ns, g}
 		if gns, name, ok := strings.Cut(g, "/"); ok {
 			k = nsName{gns, name}
+		} else if parts := strings.Split(g, "."); len(parts) > 1 {
+			// The legacy form name.namespace[.svc.cluster.local].
+			k = nsName{parts[1], parts[0]}
 		}
 		if !ix.istioGateways[k] {
 			v.add(idx(path, i), "gateway %q not found: there is no Gateway %s/%s; create it or fix the name (use namespace/name for a Gateway in another namespace)", g, k.ns, k.name)
@@ -196,17 +212,40 @@ func (ix *index) gatewayRefs(v *collector, ns, path string, gws []string) {
 	}
 }
 
-func (ix *index) subsetRef(v *collector, ns, path string, d *networking.Destination) {
-	if d == nil || d.Subset == "" {
+// destinationRef checks that a route's destination host is a known
+// service and its subset is defined. Both are warnings: the service may
+// come from a registry these objects do not show, and a later change may
+// add either.
+func (ix *index) destinationRef(v *collector, ns, path string, d *networking.Destination) {
+	if d == nil || d.Host == "" {
 		return
 	}
 	host := resolveHost(d.Host, ns)
+	if !ix.hostKnown(host) {
+		v.warn(field(path, "host"), "host %s matches no Service or ServiceEntry; requests to it will fail with 503 until one exists", host)
+	}
+	if d.Subset == "" {
+		return
+	}
 	for drHost, subsets := range ix.subsets {
 		if subsets[d.Subset] && covers(drHost, host) {
 			return
 		}
 	}
 	v.warn(field(path, "subset"), "subset %q of host %s is not defined by any DestinationRule; traffic to it will fail with 503 until a DestinationRule for %s defines it", d.Subset, host, host)
+}
+
+// hostKnown reports whether a Service or a ServiceEntry host provides host.
+func (ix *index) hostKnown(host string) bool {
+	if ix.serviceHosts[host] {
+		return true
+	}
+	for _, h := range ix.entryHosts {
+		if covers(h, host) {
+			return true
+		}
+	}
+	return false
 }
 
 func (ix *index) routeParents(v *collector, o *config.Object, refs []gatewayv1.ParentReference) {
@@ -235,8 +274,10 @@ func (ix *index) routeParents(v *collector, o *config.Object, refs []gatewayv1.P
 				v.add(field(p, "sectionName"), "Gateway %s/%s has no listener %q; use one of its listener names", k.ns, k.name, *r.SectionName)
 			}
 		case (group == "" || group == "core") && kind == "Service":
+			// The Service may come from a registry outside these objects, so
+			// this is a warning where a missing Gateway is an error.
 			if !ix.services[k] {
-				v.add(field(p, "name"), "parent Service %s/%s not found; create it or fix parentRefs", k.ns, k.name)
+				v.warn(field(p, "name"), "parent Service %s/%s not found; create it or fix parentRefs", k.ns, k.name)
 			}
 		}
 	}
@@ -252,16 +293,19 @@ func hasListener(g *gatewayv1.GatewaySpec, name gatewayv1.SectionName) bool {
 }
 
 func (ix *index) duplicateRules(v *collector, o *config.Object, dr *networking.DestinationRule) {
+	// A workloadSelector scopes a rule to some workloads, so only rules
+	// without one collide.
+	if dr.WorkloadSelector != nil {
+		return
+	}
 	host := resolveHost(dr.Host, namespace(o))
 	var others []string
 	for _, other := range ix.rules[nsName{namespace(o), host}] {
-		if other.Key() != o.Key() {
+		if other.Key() != o.Key() && other.Spec.(*networking.DestinationRule).WorkloadSelector == nil {
 			others = append(others, other.Meta.Name)
 		}
 	}
-	// A workloadSelector scopes a rule to some clients, so rules that
-	// differ in it do not collide; only plain host rules are compared.
-	if len(others) > 0 && dr.WorkloadSelector == nil {
-		v.warn("spec.host", "host %s also has DestinationRule(s) %s in namespace %s; Istio merges them unpredictably, so keep one DestinationRule per host", host, strings.Join(others, ", "), namespace(o))
+	if len(others) > 0 {
+		v.warn("spec.host", "host %s also has DestinationRule %s in namespace %s; Istio merges their subsets but applies only the oldest one's trafficPolicy, so keep one DestinationRule per host", host, strings.Join(others, ", "), namespace(o))
 	}
 }

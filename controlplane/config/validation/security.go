@@ -3,6 +3,7 @@ package validation
 import (
 	"encoding/json"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -73,19 +74,29 @@ func (v *collector) targetRef(path string, r *typev1beta1.PolicyTargetReference)
 	if r.Name == "" {
 		v.add(field(path, "name"), "is empty; name the target")
 	}
+	if r.Namespace != "" {
+		v.add(field(path, "namespace"), "must be empty; a policy can target objects in its own namespace only")
+	}
 }
 
 func (v *collector) authorizationPolicy(ap *security.AuthorizationPolicy) {
 	v.policyTarget(ap.Selector, ap.TargetRef, ap.TargetRefs)
 	provider, hasProvider := ap.ActionDetail.(*security.AuthorizationPolicy_Provider)
-	if ap.Action == security.AuthorizationPolicy_CUSTOM {
+	switch ap.Action {
+	case security.AuthorizationPolicy_CUSTOM:
 		if !hasProvider || provider.Provider == nil || provider.Provider.Name == "" {
 			v.add("spec.provider.name", "is required with action CUSTOM; name the extension provider from the mesh config")
 		}
 		if len(ap.Rules) == 0 {
-			v.add("spec.rules", "is empty; a CUSTOM policy needs rules saying which requests go to the provider")
+			v.add("spec.rules", "is empty, so this CUSTOM policy never applies; add rules, or one empty rule {} to apply it to every request")
 		}
-	} else if hasProvider {
+		v.customRules(ap.Rules)
+	case security.AuthorizationPolicy_DENY:
+		if len(ap.Rules) == 0 {
+			v.add("spec.rules", "is empty, so this DENY policy never applies; add rules, or one empty rule {} to deny every request")
+		}
+	}
+	if hasProvider && ap.Action != security.AuthorizationPolicy_CUSTOM {
 		v.add("spec.provider", "is allowed only with action CUSTOM; this policy's action is %s", ap.Action)
 	}
 	for i, r := range ap.Rules {
@@ -112,6 +123,34 @@ func (v *collector) authorizationPolicy(ap *security.AuthorizationPolicy) {
 		}
 		for j, c := range r.When {
 			v.authzCondition(idx(field(p, "when"), j), c)
+		}
+	}
+}
+
+// customRules refuses what an external authorizer cannot be asked about:
+// the peer's identity and JWT claims, which Istio does not forward to it.
+func (v *collector) customRules(rules []*security.Rule) {
+	for i, r := range rules {
+		p := idx("spec.rules", i)
+		for j, f := range r.GetFrom() {
+			s := f.GetSource()
+			fp := field(idx(field(p, "from"), j), "source")
+			for _, nl := range []namedList{
+				{"namespaces", s.GetNamespaces()}, {"notNamespaces", s.GetNotNamespaces()},
+				{"serviceAccounts", s.GetServiceAccounts()}, {"notServiceAccounts", s.GetNotServiceAccounts()},
+				{"principals", s.GetPrincipals()}, {"notPrincipals", s.GetNotPrincipals()},
+				{"requestPrincipals", s.GetRequestPrincipals()}, {"notRequestPrincipals", s.GetNotRequestPrincipals()},
+			} {
+				if len(nl.l) > 0 {
+					v.add(field(fp, nl.name), "is not supported with action CUSTOM; match on ipBlocks, to or when instead")
+				}
+			}
+		}
+		for j, c := range r.GetWhen() {
+			k := c.GetKey()
+			if k == "source.namespace" || k == "source.serviceAccount" || k == "source.principal" || strings.HasPrefix(k, "request.auth.") {
+				v.add(field(idx(field(p, "when"), j), "key"), "%q is not supported with action CUSTOM", k)
+			}
 		}
 	}
 }
@@ -156,8 +195,9 @@ func (v *collector) authzSource(path string, s *security.Source) {
 			}
 		}
 	}
-	if (len(s.ServiceAccounts) > 0 || len(s.NotServiceAccounts) > 0) && (len(s.Principals) > 0 || len(s.NotPrincipals) > 0) {
-		v.add(path, "sets serviceAccounts and principals; they overlap, keep one")
+	if (len(s.ServiceAccounts) > 0 || len(s.NotServiceAccounts) > 0) &&
+		(len(s.Principals) > 0 || len(s.NotPrincipals) > 0 || len(s.Namespaces) > 0 || len(s.NotNamespaces) > 0) {
+		v.add(path, "sets serviceAccounts with principals or namespaces; serviceAccounts already name both, keep one form")
 	}
 }
 
@@ -267,27 +307,28 @@ func (v *collector) authzCondition(path string, c *security.Condition) {
 	}
 }
 
+// strictHeader is the header name form Istio requires where it writes
+// headers from claims.
+var strictHeader = regexp.MustCompile(`^[-A-Za-z0-9]+$`)
+
 func (v *collector) requestAuthentication(ra *security.RequestAuthentication) {
 	v.policyTarget(ra.Selector, ra.TargetRef, ra.TargetRefs)
-	issuers := map[string]int{}
 	for i, r := range ra.JwtRules {
 		p := idx("spec.jwtRules", i)
 		if r == nil {
 			v.add(p, "is empty; give at least the issuer")
 			continue
 		}
-		if r.Issuer == "" {
-			v.add(field(p, "issuer"), "is required; give the iss claim tokens carry")
-		} else if first, dup := issuers[r.Issuer]; dup {
-			v.add(field(p, "issuer"), "issuer %q is already configured at spec.jwtRules[%d]; merge the rules", r.Issuer, first)
-		} else {
-			issuers[r.Issuer] = i
+		// Istio derives the issuer's keys from jwksUri alone if need be.
+		if r.Issuer == "" && r.JwksUri == "" {
+			v.add(field(p, "issuer"), "is empty and so is jwksUri; give the iss claim tokens carry")
 		}
 		for j, a := range r.Audiences {
 			if a == "" {
 				v.add(idx(field(p, "audiences"), j), "is empty; give an audience or remove it")
 			}
 		}
+		// Istio's CRD refuses both (its webhook alone would take jwks).
 		if r.JwksUri != "" && r.Jwks != "" {
 			v.add(p, "sets both jwksUri and jwks; keep one")
 		}
@@ -338,7 +379,9 @@ func (v *collector) requestAuthentication(ra *security.RequestAuthentication) {
 				v.add(cp, "needs both claim and header")
 				continue
 			}
-			v.headerName(field(cp, "header"), ch.Header)
+			if !strictHeader.MatchString(ch.Header) {
+				v.add(field(cp, "header"), "%q is not a header name; use letters, digits and '-'", ch.Header)
+			}
 		}
 		if r.OutputPayloadToHeader != "" {
 			v.headerName(field(p, "outputPayloadToHeader"), r.OutputPayloadToHeader)

@@ -2,10 +2,10 @@ package validation
 
 import (
 	"net/netip"
+	pathpkg "path"
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 )
@@ -76,10 +76,27 @@ func (v *collector) serviceEntry(se *networking.ServiceEntry) {
 	if se.WorkloadSelector != nil {
 		v.selectorLabels("spec.workloadSelector.labels", se.WorkloadSelector.Labels)
 	}
+	// Plain TCP carries no host name, so several hosts on one TCP port
+	// cannot be told apart unless nothing is resolved (NONE).
+	if se.Resolution != networking.ServiceEntry_NONE && len(se.Hosts) > 1 {
+		for i, sp := range se.Ports {
+			if sp == nil {
+				continue
+			}
+			switch strings.ToUpper(sp.Protocol) {
+			case "HTTP", "HTTP2", "GRPC", "GRPC-WEB", "HTTPS", "TLS":
+			default:
+				v.add(idx("spec.ports", i), "port %d (%s) carries no host name, so the %d hosts cannot share it with resolution %s; use an HTTP or TLS protocol, one host per ServiceEntry, or resolution NONE", sp.Number, protocolOrTCP(sp.Protocol), len(se.Hosts), se.Resolution)
+			}
+		}
+	}
 	switch se.Resolution {
 	case networking.ServiceEntry_NONE:
 		if len(se.Endpoints) > 0 {
 			v.add("spec.endpoints", "must be empty with resolution NONE; use STATIC or DNS to list endpoints")
+		}
+		if se.WorkloadSelector != nil {
+			v.warn("spec.workloadSelector", "is ignored with resolution NONE; use STATIC to send traffic to the selected workloads")
 		}
 	case networking.ServiceEntry_DNS_ROUND_ROBIN:
 		if len(se.Endpoints) > 1 {
@@ -89,7 +106,7 @@ func (v *collector) serviceEntry(se *networking.ServiceEntry) {
 	if dns && len(se.Endpoints) == 0 {
 		for i, h := range se.Hosts {
 			if !strings.Contains(h, "*") && hostProblem(h) == "" && !strings.Contains(h, ".") {
-				v.add(idx("spec.hosts", i), "%q is not a fully qualified name; with %s and no endpoints the host itself is resolved, so give e.g. %s.example.com", h, se.Resolution, h)
+				v.warn(idx("spec.hosts", i), "%q is not a fully qualified name; with %s and no endpoints the host itself is resolved, so give e.g. %s.example.com", h, se.Resolution, h)
 			}
 		}
 	}
@@ -123,7 +140,14 @@ func (v *collector) serviceEntry(se *networking.ServiceEntry) {
 			v.add(idx("spec.subjectAltNames", i), "is empty; give a name or remove it")
 		}
 	}
-	v.exportTo("spec.exportTo", se.ExportTo)
+	v.exportTo("spec.exportTo", se.ExportTo, true)
+}
+
+func protocolOrTCP(p string) string {
+	if p == "" {
+		return "TCP"
+	}
+	return p
 }
 
 // weUse is where a WorkloadEntry spec appears; each place has its own rules.
@@ -138,9 +162,22 @@ const (
 // workloadEntry checks a WorkloadEntry spec where it is used; sePorts are
 // the ServiceEntry's port names for an endpoint.
 func (v *collector) workloadEntry(path string, we *networking.WorkloadEntry, use weUse, sePorts map[string]bool) {
+	if strings.HasPrefix(we.Address, "unix://") {
+		if sock := strings.TrimPrefix(we.Address, "unix://"); sock == "" || (!strings.HasPrefix(sock, "@") && (!pathpkg.IsAbs(sock) || strings.HasSuffix(sock, "/"))) {
+			v.add(field(path, "address"), "%q is not unix:// followed by an absolute socket path (or @abstract name)", we.Address)
+		}
+		if len(we.Ports) > 0 {
+			v.add(field(path, "ports"), "must be empty for a unix:// address, which has no ports")
+		}
+	}
+	if use == endpoint && we.Address == "" && we.Network == "" {
+		v.add(field(path, "address"), "is empty; give the endpoint's address, or its network if it is reached through a gateway")
+	}
 	if use == standalone {
 		if we.Address == "" && we.Network == "" {
 			v.add(field(path, "address"), "is empty; give the workload's address, or its network if it is reached through a gateway")
+		} else if we.Address == "" {
+			v.warn(field(path, "address"), "is empty; the workload is reached only through network %q's gateway", we.Network)
 		} else if _, err := netip.ParseAddr(we.Address); we.Address != "" && err != nil && !strings.HasPrefix(we.Address, "unix://") {
 			if msg := hostProblem(we.Address); msg != "" || strings.Contains(we.Address, "*") {
 				v.add(field(path, "address"), "%q is neither an IP address, a DNS name nor a unix:// path", we.Address)
@@ -157,8 +194,8 @@ func (v *collector) workloadEntry(path string, we *networking.WorkloadEntry, use
 	}
 	v.labels(field(path, "labels"), we.Labels)
 	if we.ServiceAccount != "" {
-		if errs := validation.IsDNS1123Subdomain(we.ServiceAccount); len(errs) > 0 {
-			v.add(field(path, "serviceAccount"), "%q is invalid: %s", we.ServiceAccount, errs[0])
+		if msg := dnsSubdomain(we.ServiceAccount); msg != "" {
+			v.add(field(path, "serviceAccount"), "%q is invalid; %s", we.ServiceAccount, msg)
 		}
 	}
 	if we.Locality != "" {
@@ -176,7 +213,7 @@ func (v *collector) workloadGroup(wg *networking.WorkloadGroup) {
 		v.add("spec.template", "is required; give the template of the WorkloadEntries this group creates")
 	} else {
 		if wg.Template.Address != "" {
-			v.add("spec.template.address", "must be empty; each workload registers its own address")
+			v.warn("spec.template.address", "is ignored; each workload registers its own address")
 		}
 		v.workloadEntry("spec.template", wg.Template, template, nil)
 	}

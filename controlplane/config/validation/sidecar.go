@@ -1,7 +1,9 @@
 package validation
 
 import (
+	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
@@ -17,7 +19,7 @@ func (v *collector) sidecar(sc *networking.Sidecar) {
 	}
 	if ws := sc.WorkloadSelector; ws != nil {
 		if len(ws.Labels) == 0 {
-			v.add("spec.workloadSelector.labels", "is empty; give labels, or remove workloadSelector to apply to the whole namespace")
+			v.warn("spec.workloadSelector.labels", "is empty, so this Sidecar applies to the whole namespace; give labels or remove workloadSelector")
 		}
 		v.selectorLabels("spec.workloadSelector.labels", ws.Labels)
 	}
@@ -43,11 +45,7 @@ func (v *collector) sidecar(sc *networking.Sidecar) {
 			v.defaultEndpoint(field(p, "defaultEndpoint"), in.DefaultEndpoint)
 		}
 		if t := in.Tls; t != nil {
-			if t.Mode != networking.ServerTLSSettings_SIMPLE && t.Mode != networking.ServerTLSSettings_MUTUAL {
-				v.add(field(p, "tls.mode"), "%s is not supported on a sidecar ingress listener; use SIMPLE or MUTUAL", t.Mode)
-			} else {
-				v.tlsOptions(field(p, "tls"), t)
-			}
+			v.sidecarIngressTLS(field(p, "tls"), t, in.Port)
 		}
 		v.connectionPool(field(p, "connectionPool"), in.ConnectionPool)
 	}
@@ -101,8 +99,40 @@ func (v *collector) sidecar(sc *networking.Sidecar) {
 	}
 }
 
+// sidecarIngressTLS checks TLS a sidecar terminates for its workload:
+// certificates come from files only, and the mesh's own modes do not apply.
+func (v *collector) sidecarIngressTLS(path string, t *networking.ServerTLSSettings, port *networking.SidecarPort) {
+	switch t.Mode {
+	case networking.ServerTLSSettings_ISTIO_MUTUAL, networking.ServerTLSSettings_AUTO_PASSTHROUGH:
+		v.add(field(path, "mode"), "%s is not supported on a sidecar ingress listener; use SIMPLE or MUTUAL", t.Mode)
+	}
+	for _, unsupported := range []struct {
+		name string
+		set  bool
+	}{
+		{"credentialName", t.CredentialName != ""}, {"credentialNames", len(t.CredentialNames) > 0},
+		{"tlsCertificates", len(t.TlsCertificates) > 0}, {"subjectAltNames", len(t.SubjectAltNames) > 0},
+		{"httpsRedirect", t.HttpsRedirect},
+	} {
+		if unsupported.set {
+			v.add(field(path, unsupported.name), "is not supported on a sidecar ingress listener; give serverCertificate and privateKey files")
+		}
+	}
+	if port != nil {
+		if p := strings.ToUpper(port.Protocol); p != "HTTPS" && p != "TLS" {
+			v.add(path, "needs the port's protocol to be HTTPS or TLS; it is %s", protocolOrTCP(port.Protocol))
+		}
+	}
+	v.tlsOptions(path, t)
+}
+
 func (v *collector) sidecarPort(path string, sp *networking.SidecarPort, bind string) {
-	if !strings.HasPrefix(bind, "unix://") || sp.Number != 0 {
+	if sp.TargetPort != 0 {
+		v.add(field(path, "targetPort"), "has no effect on a Sidecar; remove it")
+	}
+	if sp.Number == 0 && !strings.HasPrefix(bind, "unix://") {
+		v.add(field(path, "number"), "port 0 needs a unix:// bind address; give a port number 1-65535")
+	} else if sp.Number != 0 {
 		v.port(field(path, "number"), sp.Number)
 	}
 	if sp.Protocol != "" {
@@ -131,13 +161,14 @@ func (v *collector) defaultEndpoint(path, ep string) {
 		}
 		return
 	}
-	ap, err := netip.ParseAddrPort(ep)
-	if err != nil || ap.Port() == 0 {
+	host, port, err := net.SplitHostPort(ep)
+	n, perr := strconv.Atoi(port)
+	if err != nil || perr != nil || n < 1 || n > 65535 {
 		v.add(path, "%q is not IP:PORT or unix:///path; use e.g. 127.0.0.1:8080", ep)
 		return
 	}
-	a := ap.Addr()
-	if !a.IsLoopback() && !a.IsUnspecified() {
+	// An empty host (":8080") means the workload's own address.
+	if a, err := netip.ParseAddr(host); host != "" && (err != nil || (!a.IsLoopback() && !a.IsUnspecified())) {
 		v.add(path, "%q must use a loopback or unspecified address (127.0.0.1, 0.0.0.0, [::1] or [::])", ep)
 	}
 }

@@ -10,9 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"google.golang.org/protobuf/types/known/durationpb"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -30,6 +32,7 @@ type FieldError struct {
 	Warning bool
 }
 
+// Error renders "path: message", or "warning: path: message" for a warning.
 func (e *FieldError) Error() string {
 	if e.Warning {
 		return "warning: " + e.Path + ": " + e.Message
@@ -37,12 +40,23 @@ func (e *FieldError) Error() string {
 	return e.Path + ": " + e.Message
 }
 
+// FieldPath and IsWarning let the store place and classify the error
+// without parsing its text.
+func (e *FieldError) FieldPath() string { return e.Path }
+
+// IsWarning reports whether the finding leaves the object valid.
+func (e *FieldError) IsWarning() bool { return e.Warning }
+
 // Validate checks one object. The error lists every problem found
 // (errors.Join of *FieldError), each naming the field path; warnings are
 // included with Warning set, so use Split to tell whether to reject.
 func Validate(o *config.Object) error {
-	v := &collector{}
+	v := &collector{namespace: o.Meta.Namespace}
 	v.meta(o)
+	// Istio names a Gateway's listeners after it, so no dots.
+	if o.Kind == config.Gateway && o.Meta.Name != "" && dnsSubdomain(o.Meta.Name) == "" && dnsLabel(o.Meta.Name) != "" {
+		v.add("metadata.name", "%q is not a valid Gateway name; %s", o.Meta.Name, labelRule)
+	}
 	if fn, ok := validators[o.Kind]; ok {
 		fn(v, o.Spec)
 	}
@@ -85,7 +99,7 @@ var validators = map[config.Kind]func(*collector, any){}
 func register[T any](k config.Kind, fn func(*collector, T)) {
 	validators[k] = func(v *collector, spec any) {
 		s, ok := spec.(T)
-		if !ok || any(s) == nil {
+		if !ok || isNil(s) {
 			var want T
 			v.add("spec", "holds %T; a %s needs %T (the decoder produced the wrong type)", spec, k.Kind, want)
 			return
@@ -94,9 +108,20 @@ func register[T any](k config.Kind, fn func(*collector, T)) {
 	}
 }
 
+// isNil reports whether x is nil or a nil pointer.
+func isNil(x any) bool {
+	if x == nil {
+		return true
+	}
+	rv := reflect.ValueOf(x)
+	return rv.Kind() == reflect.Pointer && rv.IsNil()
+}
+
 // collector gathers FieldErrors in the order they are found.
 type collector struct {
 	list []error
+	// namespace is the object's, for rules that compare with it.
+	namespace string
 }
 
 func (v *collector) add(path, format string, args ...any) {
@@ -109,6 +134,29 @@ func (v *collector) warn(path, format string, args ...any) {
 
 func (v *collector) join() error { return errors.Join(v.list...) }
 
+// The Kubernetes name checks explain themselves with a regex; these say
+// the rule in words.
+const (
+	labelRule     = "use at most 63 lowercase letters, digits or '-', starting and ending with a letter or digit"
+	subdomainRule = "use at most 253 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"
+)
+
+// dnsLabel returns what is wrong with s as a DNS-1123 label, or "".
+func dnsLabel(s string) string {
+	if len(validation.IsDNS1123Label(s)) > 0 {
+		return labelRule
+	}
+	return ""
+}
+
+// dnsSubdomain returns what is wrong with s as a DNS-1123 subdomain, or "".
+func dnsSubdomain(s string) string {
+	if len(validation.IsDNS1123Subdomain(s)) > 0 {
+		return subdomainRule
+	}
+	return ""
+}
+
 func idx(path string, i int) string      { return path + "[" + strconv.Itoa(i) + "]" }
 func key(path string, k string) string   { return path + "[" + k + "]" }
 func field(path string, f string) string { return path + "." + f }
@@ -116,12 +164,12 @@ func field(path string, f string) string { return path + "." + f }
 func (v *collector) meta(o *config.Object) {
 	if o.Meta.Name == "" {
 		v.add("metadata.name", "is empty; every object needs a name")
-	} else if errs := validation.IsDNS1123Subdomain(o.Meta.Name); len(errs) > 0 {
-		v.add("metadata.name", "%q is not a valid name: %s", o.Meta.Name, errs[0])
+	} else if msg := dnsSubdomain(o.Meta.Name); msg != "" {
+		v.add("metadata.name", "%q is not a valid name; %s", o.Meta.Name, msg)
 	}
 	if ns := o.Meta.Namespace; ns != "" {
-		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-			v.add("metadata.namespace", "%q is not a valid namespace: %s", ns, errs[0])
+		if msg := dnsLabel(ns); msg != "" {
+			v.add("metadata.namespace", "%q is not a valid namespace; %s", ns, msg)
 		}
 	}
 	v.labels("metadata.labels", o.Meta.Labels)
@@ -130,11 +178,11 @@ func (v *collector) meta(o *config.Object) {
 // labels checks label keys and values as Kubernetes does.
 func (v *collector) labels(path string, l map[string]string) {
 	for _, k := range sortedKeys(l) {
-		if errs := validation.IsQualifiedName(k); len(errs) > 0 {
-			v.add(key(path, k), "label key %q is invalid: %s", k, errs[0])
+		if len(validation.IsQualifiedName(k)) > 0 {
+			v.add(key(path, k), "label key %q is invalid; use [prefix/]name where name is at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit, and prefix a DNS subdomain", k)
 		}
-		if errs := validation.IsValidLabelValue(l[k]); len(errs) > 0 {
-			v.add(key(path, k), "label value %q is invalid: %s", l[k], errs[0])
+		if len(validation.IsValidLabelValue(l[k])) > 0 {
+			v.add(key(path, k), "label value %q is invalid; use at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit", l[k])
 		}
 	}
 }
@@ -168,8 +216,8 @@ func hostProblem(h string) string {
 	// A trailing dot is the fully-qualified form; Istio accepts it.
 	name = strings.TrimSuffix(name, ".")
 	for _, label := range strings.Split(name, ".") {
-		if errs := validation.IsDNS1123Label(label); len(errs) > 0 {
-			return fmt.Sprintf("%q is not a valid host: label %q: %s", h, label, errs[0])
+		if msg := dnsLabel(label); msg != "" {
+			return fmt.Sprintf("%q is not a valid host: label %q is invalid; %s", h, label, msg)
 		}
 	}
 	return ""
@@ -181,22 +229,14 @@ func (v *collector) host(path, h string) {
 	}
 }
 
-// fqdn checks a host that may not be a wildcard (a route destination).
-func (v *collector) destinationHost(path, h string) {
-	if strings.Contains(h, "*") {
-		v.add(path, "%q is a wildcard; a destination must name one service", h)
-		return
-	}
-	v.host(path, h)
-}
-
 func (v *collector) port(path string, n uint32) {
 	if n == 0 || n > 65535 {
 		v.add(path, "port %d is out of range; use 1-65535", n)
 	}
 }
 
-// duration checks a duration is at least min (Istio: 1ms for timeouts).
+// duration checks a duration as Istio's ValidateDuration: positive (or
+// zero where allowZero says zero means "off") and in whole milliseconds.
 func (v *collector) duration(path string, d *durationpb.Duration, allowZero bool) {
 	if d == nil {
 		return
@@ -210,20 +250,32 @@ func (v *collector) duration(path string, d *durationpb.Duration, allowZero bool
 		v.add(path, "duration %s must be positive", du)
 		return
 	}
-	if du > 0 && du.Milliseconds() < 1 {
-		v.add(path, "duration %s is shorter than 1ms, the smallest Envoy honours", du)
+	if du%time.Millisecond != 0 {
+		v.add(path, "duration %s is not a whole number of milliseconds; Envoy honours durations to the millisecond", du)
 	}
 }
 
+// maxRegex is Istio's limit: Envoy bounds RE2 program size, which grows
+// with the pattern's length.
+const maxRegex = 1024
+
 func (v *collector) regex(path, re string) {
+	if len(re) > maxRegex {
+		v.add(path, "regex is %d characters; the limit is %d", len(re), maxRegex)
+		return
+	}
 	if _, err := regexp.Compile(re); err != nil {
 		v.add(path, "regex %q does not compile under RE2: %v", re, err)
 	}
 }
 
+// percent checks an Istio Percent: 0, or 0.0001 (Envoy's finest
+// resolution) to 100.
 func (v *collector) percent(path string, p float64) {
 	if p < 0 || p > 100 {
 		v.add(path, "percentage %v is out of range; use 0-100", p)
+	} else if p > 0 && p < 0.0001 {
+		v.add(path, "percentage %v is below 0.0001, the finest Envoy honours; use 0 or at least 0.0001", p)
 	}
 }
 
@@ -247,9 +299,12 @@ func (v *collector) cidr(path, s string) {
 	}
 }
 
-// headerName checks an HTTP header name as Istio does: a token, lowercase.
-var headerToken = regexp.MustCompile(`^:?[!#$%&'*+\-.^_` + "`" + `|~0-9A-Za-z]+$`)
+// headerToken is RFC 7230's token, what Istio accepts as a header name.
+var headerToken = regexp.MustCompile(`^[!#$%&'*+\-.^_` + "`" + `|~0-9A-Za-z]+$`)
 
+// headerName checks an HTTP header name. Istio's API says header names
+// are lowercase but its validation accepts any token (Envoy compares names
+// case-insensitively), so upper case is a warning, not an error.
 func (v *collector) headerName(path, name string) {
 	switch {
 	case name == "":
@@ -257,20 +312,25 @@ func (v *collector) headerName(path, name string) {
 	case !headerToken.MatchString(name):
 		v.add(path, "header name %q is not a valid HTTP token", name)
 	case strings.ToLower(name) != name:
-		v.add(path, "header name %q must be lowercase; write %q", name, strings.ToLower(name))
+		v.warn(path, "header name %q should be lowercase, as Istio's API asks; write %q", name, strings.ToLower(name))
 	}
 }
 
-// exportTo checks the exportTo list: ".", "*", "~" or namespace names, with
-// "~" and "*" each alone, as Istio's ValidateExportTo.
-func (v *collector) exportTo(path string, list []string) {
+// exportTo checks the exportTo list: ".", "*", namespace names, and for a
+// ServiceEntry "~" (visible to no one), with "~" and "*" each alone, as
+// Istio's ValidateExportTo.
+func (v *collector) exportTo(path string, list []string, noneOK bool) {
 	seen := map[string]bool{}
 	for i, e := range list {
 		p := idx(path, i)
 		switch e {
-		case ".", "*", "~":
+		case ".", "*":
+		case "~":
+			if !noneOK {
+				v.add(p, "\"~\" (visible to no one) is allowed only on a ServiceEntry")
+			}
 		default:
-			if errs := validation.IsDNS1123Label(e); len(errs) > 0 {
+			if msg := dnsLabel(e); msg != "" {
 				v.add(p, "%q is not \".\", \"*\", \"~\" or a namespace name", e)
 			}
 		}
@@ -279,7 +339,7 @@ func (v *collector) exportTo(path string, list []string) {
 		}
 		seen[e] = true
 	}
-	if len(list) > 1 && (seen["*"] || seen["~"]) {
+	if len(list) > 1 && (seen["*"] || (noneOK && seen["~"])) {
 		v.add(path, "\"*\" and \"~\" must be the only entry when present")
 	}
 }
@@ -287,8 +347,8 @@ func (v *collector) exportTo(path string, list []string) {
 // portName checks a port name as a DNS-1123 label (Istio uses it to derive
 // the protocol, Kubernetes requires the form).
 func (v *collector) portName(path, name string) {
-	if errs := validation.IsDNS1123Label(name); len(errs) > 0 {
-		v.add(path, "port name %q is invalid: %s", name, errs[0])
+	if msg := dnsLabel(name); msg != "" {
+		v.add(path, "port name %q is invalid; %s", name, msg)
 	}
 }
 

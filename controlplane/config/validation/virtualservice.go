@@ -1,11 +1,15 @@
 package validation
 
 import (
+	"net/http"
+	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
+	"google.golang.org/protobuf/proto"
+
 	networking "istio.io/api/networking/v1alpha3"
-	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 )
@@ -16,12 +20,7 @@ func (v *collector) virtualService(vs *networking.VirtualService) {
 	// A VirtualService without hosts is a delegate, reachable only from a
 	// root's http[].delegate; it cannot carry what only a root can.
 	delegate := len(vs.Hosts) == 0
-	appliesToMesh := len(vs.Gateways) == 0
-	for _, g := range vs.Gateways {
-		if g == "mesh" {
-			appliesToMesh = true
-		}
-	}
+	appliesToMesh := !appliesToGateway(vs.Gateways)
 	if delegate {
 		if len(vs.Gateways) > 0 {
 			v.add("spec.gateways", "a delegate VirtualService (one with no hosts) must not name gateways; its root VirtualService binds it")
@@ -33,11 +32,44 @@ func (v *collector) virtualService(vs *networking.VirtualService) {
 			v.add("spec.tls", "a delegate VirtualService (one with no hosts) can have only http routes")
 		}
 	}
+	hostsValid := true
 	for i, h := range vs.Hosts {
 		p := idx("spec.hosts", i)
-		v.host(p, h)
-		if h == "*" && appliesToMesh {
+		if _, err := netip.ParseAddr(h); err == nil {
+			continue
+		}
+		if msg := hostProblem(h); msg != "" {
+			v.add(p, "%s", msg)
+			hostsValid = false
+		} else if h == "*" && appliesToMesh {
 			v.add(p, "host \"*\" is not allowed for a VirtualService bound to the mesh; list the service hosts, or bind it to a gateway only")
+			hostsValid = false
+		}
+	}
+	// Overlapping hosts ("*.example.com" and "a.example.com") would make
+	// one VirtualService compete with itself.
+	for i := 0; hostsValid && i < len(vs.Hosts); i++ {
+		for j := i + 1; j < len(vs.Hosts); j++ {
+			a, b := vs.Hosts[i], vs.Hosts[j]
+			if covers(a, b) || covers(b, a) {
+				v.add(idx("spec.hosts", j), "host %q overlaps spec.hosts[%d] %q; list each host once", b, i, a)
+			}
+		}
+	}
+	if !appliesToGateway(vs.Gateways) {
+		for i, r := range vs.Http {
+			for j, m := range r.GetMatch() {
+				for _, kind := range []struct {
+					name string
+					m    map[string]*networking.StringMatch
+				}{{"headers", m.GetHeaders()}, {"withoutHeaders", m.GetWithoutHeaders()}} {
+					for _, name := range sortedKeys(kind.m) {
+						if strings.HasPrefix(name, "@request.auth.claims") {
+							v.add(key(field(idx(field(idx("spec.http", i), "match"), j), kind.name), name), "routing on JWT claims works only on gateways; bind this VirtualService to a gateway (not mesh)")
+						}
+					}
+				}
+			}
 		}
 	}
 	v.gatewayNames("spec.gateways", vs.Gateways)
@@ -47,16 +79,24 @@ func (v *collector) virtualService(vs *networking.VirtualService) {
 	for i, r := range vs.Http {
 		v.httpRoute(idx("spec.http", i), r, delegate)
 	}
+	v.unreachableRoutes(vs.Http)
 	for i, r := range vs.Tls {
 		v.tlsRoute(idx("spec.tls", i), r, vs.Hosts)
 	}
 	for i, r := range vs.Tcp {
 		v.tcpRoute(idx("spec.tcp", i), r)
 	}
-	v.exportTo("spec.exportTo", vs.ExportTo)
+	v.exportTo("spec.exportTo", vs.ExportTo, false)
 }
 
-// gatewayNames checks gateway references: "mesh", "name" or "namespace/name".
+// appliesToGateway reports whether a VirtualService binds only gateways
+// (gateways listed, "mesh" not among them).
+func appliesToGateway(gws []string) bool {
+	return len(gws) > 0 && !slices.Contains(gws, "mesh")
+}
+
+// gatewayNames checks gateway references: "mesh", "name", "namespace/name",
+// or the legacy "name.namespace[.svc.cluster.local]".
 func (v *collector) gatewayNames(path string, gws []string) {
 	for i, g := range gws {
 		p := idx(path, i)
@@ -65,18 +105,49 @@ func (v *collector) gatewayNames(path string, gws []string) {
 		}
 		ns, name, hasNS := strings.Cut(g, "/")
 		if !hasNS {
-			name, ns = ns, ""
-		}
-		if hasNS {
-			if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-				v.add(p, "gateway %q: namespace %q is invalid: %s; write namespace/name or name", g, ns, errs[0])
-				continue
+			if msg := hostProblem(g); msg != "" || strings.Contains(g, "*") {
+				v.add(p, "gateway %q is invalid; write namespace/name, name, or mesh", g)
+			} else if parts := strings.Split(g, "."); len(parts) > 1 {
+				v.warn(p, "gateway %q uses the legacy name.namespace form; write %s/%s", g, parts[1], parts[0])
 			}
+			continue
 		}
-		if errs := validation.IsDNS1123Subdomain(name); len(errs) > 0 {
-			v.add(p, "gateway %q: name %q is invalid: %s; write namespace/name, name, or mesh", g, name, errs[0])
+		switch {
+		case ns == "" || name == "":
+			v.add(p, "gateway %q has an empty namespace or name; write namespace/name, name, or mesh", g)
+		case dnsLabel(ns) != "":
+			v.add(p, "gateway %q: namespace %q is invalid; %s", g, ns, labelRule)
+		case dnsLabel(name) != "":
+			v.add(p, "gateway %q: name %q is invalid; %s", g, name, labelRule)
 		}
 	}
+}
+
+// unreachableRoutes warns about rules after one that matches everything,
+// as Istio does: they can never be reached.
+func (v *collector) unreachableRoutes(routes []*networking.HTTPRoute) {
+	for i, r := range routes {
+		if r == nil || !catchAll(r.Match) {
+			continue
+		}
+		for j := i + 1; j < len(routes); j++ {
+			v.warn(idx("spec.http", j), "is never used: spec.http[%d] matches every request before it; move the catch-all rule last", i)
+		}
+		return
+	}
+}
+
+// catchAll reports whether a match list matches every request.
+func catchAll(ms []*networking.HTTPMatchRequest) bool {
+	if len(ms) == 0 {
+		return true
+	}
+	for _, m := range ms {
+		if m == nil || proto.Equal(m, &networking.HTTPMatchRequest{Name: m.Name}) {
+			return true
+		}
+	}
+	return false
 }
 
 func (v *collector) httpRoute(path string, r *networking.HTTPRoute, delegate bool) {
@@ -106,34 +177,51 @@ func (v *collector) httpRoute(path string, r *networking.HTTPRoute, delegate boo
 		}
 		if r.Delegate.Name == "" {
 			v.add(field(dp, "name"), "is empty; name the delegate VirtualService")
-		} else if errs := validation.IsDNS1123Subdomain(r.Delegate.Name); len(errs) > 0 {
-			v.add(field(dp, "name"), "%q is invalid: %s", r.Delegate.Name, errs[0])
+		} else if msg := dnsSubdomain(r.Delegate.Name); msg != "" {
+			v.add(field(dp, "name"), "%q is invalid; %s", r.Delegate.Name, msg)
 		}
 		if ns := r.Delegate.Namespace; ns != "" {
-			if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-				v.add(field(dp, "namespace"), "%q is invalid: %s", ns, errs[0])
+			if msg := dnsLabel(ns); msg != "" {
+				v.add(field(dp, "namespace"), "%q is invalid; %s", ns, msg)
 			}
 		}
 	}
 	v.httpDestinations(field(path, "route"), r.Route)
-	if r.Redirect != nil {
-		v.redirect(field(path, "redirect"), r.Redirect)
+	// A redirect or direct response answers the client itself, so nothing
+	// that shapes the forwarded request or injects faults applies.
+	for _, answer := range []struct {
+		name string
+		set  bool
+	}{{"redirect", r.Redirect != nil}, {"directResponse", r.DirectResponse != nil}} {
+		if !answer.set {
+			continue
+		}
 		if r.Rewrite != nil {
-			v.add(field(path, "rewrite"), "cannot be combined with redirect; a redirect answers the client without forwarding")
+			v.add(field(path, "rewrite"), "cannot be combined with %s, which answers the client without forwarding", answer.name)
+		}
+		if r.Fault != nil {
+			v.add(field(path, "fault"), "cannot be combined with %s, which answers the client without forwarding", answer.name)
 		}
 	}
-	if r.DirectResponse != nil {
-		if s := r.DirectResponse.Status; s < 200 || s > 599 {
+	if r.Redirect != nil {
+		v.redirect(field(path, "redirect"), r.Redirect)
+	}
+	if dr := r.DirectResponse; dr != nil {
+		if s := dr.Status; s < 200 || s > 599 {
 			v.add(field(path, "directResponse.status"), "status %d is out of range; use 200-599", s)
+		}
+		size := len(dr.Body.GetString_()) + len(dr.Body.GetBytes())
+		switch {
+		case size > maxBody:
+			v.add(field(path, "directResponse.body"), "is %d bytes; the limit is 1 MiB, serve large bodies from a service", size)
+		case size > bigBody:
+			v.warn(field(path, "directResponse.body"), "is %d bytes; bodies over 100 KiB slow down every push of this route", size)
 		}
 	}
 	if r.Rewrite != nil {
 		v.rewrite(field(path, "rewrite"), r.Rewrite)
 	}
-	// A zero timeout disables it, as in Envoy.
-	if r.Timeout != nil && r.Timeout.AsDuration() != 0 {
-		v.duration(field(path, "timeout"), r.Timeout, false)
-	}
+	v.duration(field(path, "timeout"), r.Timeout, false)
 	if r.Retries != nil {
 		v.retries(field(path, "retries"), r.Retries)
 	}
@@ -146,8 +234,11 @@ func (v *collector) httpRoute(path string, r *networking.HTTPRoute, delegate boo
 		}
 		v.destination(field(path, "mirror"), r.Mirror)
 	}
-	if r.MirrorPercent != nil && r.MirrorPercent.Value > 100 {
-		v.add(field(path, "mirrorPercent"), "percentage %d is out of range; use 0-100", r.MirrorPercent.Value)
+	if r.MirrorPercent != nil {
+		if r.MirrorPercent.Value > 100 {
+			v.add(field(path, "mirrorPercent"), "percentage %d is out of range; use 0-100", r.MirrorPercent.Value)
+		}
+		v.warn(field(path, "mirrorPercent"), "is deprecated; use mirrorPercentage")
 	}
 	if r.MirrorPercentage != nil {
 		v.percent(field(path, "mirrorPercentage.value"), r.MirrorPercentage.Value)
@@ -167,16 +258,17 @@ func (v *collector) httpRoute(path string, r *networking.HTTPRoute, delegate boo
 		v.cors(field(path, "corsPolicy"), r.CorsPolicy)
 	}
 	v.headers(field(path, "headers"), r.Headers)
+	v.authorityOnce(path, r)
 }
 
 func (v *collector) httpMatch(path string, m *networking.HTTPMatchRequest) {
 	if m == nil {
 		return
 	}
-	v.stringMatch(field(path, "uri"), m.Uri)
-	v.stringMatch(field(path, "scheme"), m.Scheme)
-	v.stringMatch(field(path, "method"), m.Method)
-	v.stringMatch(field(path, "authority"), m.Authority)
+	v.stringMatch(field(path, "uri"), m.Uri, true)
+	v.stringMatch(field(path, "scheme"), m.Scheme, false)
+	v.stringMatch(field(path, "method"), m.Method, false)
+	v.stringMatch(field(path, "authority"), m.Authority, false)
 	for _, kind := range []struct {
 		name string
 		m    map[string]*networking.StringMatch
@@ -184,14 +276,21 @@ func (v *collector) httpMatch(path string, m *networking.HTTPMatchRequest) {
 		for _, name := range sortedKeys(kind.m) {
 			hp := key(field(path, kind.name), name)
 			// Istio routes on JWT claims through this pseudo header.
-			if !strings.HasPrefix(name, "@request.auth.claims.") {
+			if !strings.HasPrefix(name, "@request.auth.claims.") && !pseudoHeaders[name] {
 				v.headerName(hp, name)
 			}
-			if kind.m[name] == nil && kind.name == "headers" {
-				v.add(hp, "header match is empty; give exact, prefix or regex")
+			sm := kind.m[name]
+			if sm == nil {
+				if kind.name == "headers" {
+					v.add(hp, "header match is empty; give exact, prefix or regex")
+				}
 				continue
 			}
-			v.stringMatch(hp, kind.m[name])
+			// In withoutHeaders, regex "*" means "header present", not RE2.
+			if kind.name == "withoutHeaders" && sm.GetRegex() == "*" {
+				continue
+			}
+			v.stringMatch(hp, sm, false)
 		}
 	}
 	for _, name := range sortedKeys(m.QueryParams) {
@@ -200,7 +299,7 @@ func (v *collector) httpMatch(path string, m *networking.HTTPMatchRequest) {
 			v.add(qp, "query parameter match is empty; give exact, prefix or regex")
 			continue
 		}
-		v.stringMatch(qp, m.QueryParams[name])
+		v.stringMatch(qp, m.QueryParams[name], false)
 	}
 	if m.Port != 0 {
 		v.port(field(path, "port"), m.Port)
@@ -208,15 +307,23 @@ func (v *collector) httpMatch(path string, m *networking.HTTPMatchRequest) {
 	v.labels(field(path, "sourceLabels"), m.SourceLabels)
 	v.gatewayNames(field(path, "gateways"), m.Gateways)
 	if ns := m.SourceNamespace; ns != "" {
-		if errs := validation.IsDNS1123Label(ns); len(errs) > 0 {
-			v.add(field(path, "sourceNamespace"), "%q is not a valid namespace: %s", ns, errs[0])
+		if msg := dnsLabel(ns); msg != "" {
+			v.add(field(path, "sourceNamespace"), "%q is not a valid namespace; %s", ns, msg)
 		}
 	}
 }
 
-func (v *collector) stringMatch(path string, m *networking.StringMatch) {
+// pseudoHeaders are the HTTP/2 pseudo headers a match may name.
+var pseudoHeaders = map[string]bool{":method": true, ":scheme": true, ":authority": true, ":path": true, ":status": true}
+
+// stringMatch checks a StringMatch; only a URI may match an empty prefix
+// (Envoy refuses empty prefixes elsewhere).
+func (v *collector) stringMatch(path string, m *networking.StringMatch, emptyPrefixOK bool) {
 	if m == nil {
 		return
+	}
+	if p, ok := m.MatchType.(*networking.StringMatch_Prefix); ok && p.Prefix == "" && !emptyPrefixOK {
+		v.add(field(path, "prefix"), "is empty; give a prefix, or remove the match to match everything")
 	}
 	if re, ok := m.MatchType.(*networking.StringMatch_Regex); ok {
 		if re.Regex == "" {
@@ -238,8 +345,8 @@ func (v *collector) destination(path string, d *networking.Destination) {
 		v.host(field(path, "host"), d.Host)
 	}
 	if d.Subset != "" {
-		if errs := validation.IsDNS1123Label(d.Subset); len(errs) > 0 {
-			v.add(field(path, "subset"), "subset name %q is invalid: %s", d.Subset, errs[0])
+		if msg := dnsLabel(d.Subset); msg != "" {
+			v.add(field(path, "subset"), "subset name %q is invalid; %s", d.Subset, msg)
 		}
 	}
 	if d.Port != nil {
@@ -299,6 +406,9 @@ func (v *collector) redirect(path string, r *networking.HTTPRedirect) {
 	if r.Uri != "" && r.PrefixRewrite != "" {
 		v.add(path, "sets both uri and prefixRewrite; keep one")
 	}
+	if r.Scheme != "" && r.Scheme != "http" && r.Scheme != "https" {
+		v.add(field(path, "scheme"), "%q is not http or https", r.Scheme)
+	}
 	if p, ok := r.RedirectPort.(*networking.HTTPRedirect_Port); ok {
 		v.port(field(path, "port"), p.Port)
 	}
@@ -326,6 +436,13 @@ func (v *collector) rewrite(path string, r *networking.HTTPRewrite) {
 	}
 }
 
+// Direct response bodies travel in every route push; Istio warns above
+// 100 KiB and refuses above 1 MiB.
+const (
+	bigBody = 100 << 10
+	maxBody = 1 << 20
+)
+
 // retryOnPolicies are the x-envoy-retry-on and x-envoy-retry-grpc-on
 // conditions Envoy accepts; plain status codes are allowed too.
 var retryOnPolicies = map[string]bool{
@@ -341,6 +458,9 @@ func (v *collector) retries(path string, r *networking.HTTPRetry) {
 	if r.Attempts < 0 {
 		v.add(field(path, "attempts"), "%d is negative; use 0 to disable retries", r.Attempts)
 	}
+	if r.Attempts == 0 && (r.PerTryTimeout != nil || r.RetryOn != "" || r.RetryRemoteLocalities != nil) {
+		v.add(field(path, "attempts"), "is 0, which disables retries, yet other retry settings are given; set attempts or remove retries")
+	}
 	v.duration(field(path, "perTryTimeout"), r.PerTryTimeout, false)
 	v.duration(field(path, "backoff"), r.Backoff, false)
 	if r.RetryOn == "" {
@@ -352,8 +472,8 @@ func (v *collector) retries(path string, r *networking.HTTPRetry) {
 			continue
 		}
 		if code, err := strconv.Atoi(tok); err == nil {
-			if code < 100 || code > 599 {
-				v.add(field(path, "retryOn"), "status code %d is out of range; use 100-599", code)
+			if http.StatusText(code) == "" {
+				v.add(field(path, "retryOn"), "%d is not an HTTP status code", code)
 			}
 			continue
 		}
@@ -410,7 +530,7 @@ func (v *collector) fault(path string, f *networking.HTTPFaultInjection) {
 				v.add(field(ap, "grpcStatus"), "%q is not a gRPC status name; use one such as UNAVAILABLE or DEADLINE_EXCEEDED", t.GrpcStatus)
 			}
 		default:
-			v.add(ap, "has no httpStatus or grpcStatus; give the error to return")
+			v.warn(ap, "has no httpStatus or grpcStatus, so it aborts nothing; give the error to return")
 		}
 	}
 }
@@ -423,11 +543,11 @@ var httpMethods = map[string]bool{
 func (v *collector) cors(path string, c *networking.CorsPolicy) {
 	for i, o := range c.AllowOrigins {
 		p := idx(field(path, "allowOrigins"), i)
-		if o == nil || o.MatchType == nil {
+		if o.GetExact() == "" && o.GetPrefix() == "" && o.GetRegex() == "" {
 			v.add(p, "is empty; give exact, prefix or regex")
 			continue
 		}
-		v.stringMatch(p, o)
+		v.stringMatch(p, o, false)
 	}
 	for i, m := range c.AllowMethods {
 		if !httpMethods[m] {
@@ -465,28 +585,55 @@ func (v *collector) headers(path string, h *networking.Headers) {
 			continue
 		}
 		p := field(path, op.name)
+		// Only a request's authority may be set by a header operation.
+		authorityOK := op.name == "request"
 		for _, kind := range []struct {
 			name string
 			m    map[string]string
 		}{{"set", op.o.Set}, {"add", op.o.Add}} {
 			for _, n := range sortedKeys(kind.m) {
-				v.headerOp(key(field(p, kind.name), n), n)
+				v.headerOp(key(field(p, kind.name), n), n, authorityOK)
 			}
 		}
 		for i, n := range op.o.Remove {
-			v.headerOp(idx(field(p, "remove"), i), n)
+			v.headerOp(idx(field(p, "remove"), i), n, false)
 		}
 	}
 }
 
-// headerOp refuses pseudo headers and Host, which Envoy will not let a
-// header operation touch; rewrite.authority changes the host.
-func (v *collector) headerOp(path, name string) {
+// headerOp refuses what Envoy will not let a header operation touch:
+// pseudo headers and Host, except that a request may set its authority.
+func (v *collector) headerOp(path, name string, authorityOK bool) {
+	authority := strings.EqualFold(name, ":authority") || strings.EqualFold(name, "host")
+	if authority && authorityOK {
+		return
+	}
 	if strings.HasPrefix(name, ":") || strings.EqualFold(name, "host") {
-		v.add(path, "header %q cannot be changed by a header operation; use rewrite.authority to change the host", name)
+		v.add(path, "header %q cannot be changed here; only request set/add may change the authority (or use rewrite.authority)", name)
 		return
 	}
 	v.headerName(path, name)
+}
+
+// authorityOnce refuses setting the authority in two places, which Envoy
+// cannot honour both of.
+func (v *collector) authorityOnce(path string, r *networking.HTTPRoute) {
+	set := r.Rewrite.GetAuthority() != ""
+	req := r.Headers.GetRequest()
+	for _, kind := range []struct {
+		name string
+		m    map[string]string
+	}{{"set", req.GetSet()}, {"add", req.GetAdd()}} {
+		for _, n := range sortedKeys(kind.m) {
+			if !strings.EqualFold(n, ":authority") && !strings.EqualFold(n, "host") {
+				continue
+			}
+			if set {
+				v.add(key(field(path, "headers.request."+kind.name), n), "sets the authority a second time; set it once, in rewrite.authority or one header operation")
+			}
+			set = true
+		}
+	}
 }
 
 func (v *collector) l4Match(path string, subnets []string, port uint32, labels map[string]string, gateways []string, sourceNS string) {
@@ -499,8 +646,8 @@ func (v *collector) l4Match(path string, subnets []string, port uint32, labels m
 	v.labels(field(path, "sourceLabels"), labels)
 	v.gatewayNames(field(path, "gateways"), gateways)
 	if sourceNS != "" {
-		if errs := validation.IsDNS1123Label(sourceNS); len(errs) > 0 {
-			v.add(field(path, "sourceNamespace"), "%q is not a valid namespace: %s", sourceNS, errs[0])
+		if msg := dnsLabel(sourceNS); msg != "" {
+			v.add(field(path, "sourceNamespace"), "%q is not a valid namespace; %s", sourceNS, msg)
 		}
 	}
 }
@@ -523,6 +670,10 @@ func (v *collector) tlsRoute(path string, r *networking.TLSRoute, hosts []string
 		}
 		for j, sni := range m.SniHosts {
 			sp := idx(field(mp, "sniHosts"), j)
+			if _, err := netip.ParseAddr(sni); err == nil {
+				v.warn(sp, "%q is an IP address; SNI carries host names and most clients never send an IP", sni)
+				continue
+			}
 			if p := hostProblem(sni); p != "" {
 				v.add(sp, "%s", p)
 				continue
