@@ -1,27 +1,61 @@
-// Command skiffd is Skiff's control plane (Istio's Pilot, Citadel, Galley
-// and sidecar injector). Its xDS generation arrives with the control-plane
-// issue; today it answers --version and says what it does not do yet.
+// Command skiffd is Skiff's control plane (Istio's Pilot): it serves the
+// mesh described by the YAML under --config-dir to every proxy over xDS.
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/skiff-mesh/skiff/controlplane/server"
 )
 
 // Version is skiffd's version.
 var Version = "0.1.0-dev"
 
 func main() {
+	os.Exit(run(os.Args[1:]))
+}
+
+func run(args []string) int {
 	fs := flag.NewFlagSet("skiffd", flag.ContinueOnError)
+	var o server.Options
+	fs.StringVar(&o.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML (Istio and Gateway API kinds, Services, Pods, …) to serve; watched for changes")
+	fs.StringVar(&o.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address")
+	fs.StringVar(&o.MonitoringAddr, "monitoring-addr", ":15014", "debug endpoints and Prometheus metrics address")
+	fs.StringVar(&o.DomainSuffix, "domain", "cluster.local", "DNS domain suffix of services")
+	fs.StringVar(&o.RootNamespace, "root-namespace", "istio-system", "namespace whose config applies mesh-wide")
+	fs.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
+	fs.BoolVar(&o.LocalMesh, "local-mesh", false, "every workload has a sidecar unless it opts out (the local mesh); otherwise the injector's marks decide")
+	level := fs.String("log-level", "info", "debug, info, warn or error")
 	version := fs.Bool("version", false, "print the version and exit")
-	if err := fs.Parse(os.Args[1:]); err != nil {
-		os.Exit(2)
+	if err := fs.Parse(args); err != nil {
+		return 2
 	}
 	if *version {
 		fmt.Println("skiffd version", Version)
-		return
+		return 0
 	}
-	fmt.Fprintln(os.Stderr, "skiffd: the control plane is not built yet; run skiff-proxy -c BOOTSTRAP against any xDS server meanwhile")
-	os.Exit(1)
+	lv := new(slog.LevelVar)
+	if err := lv.UnmarshalText([]byte(*level)); err != nil {
+		fmt.Fprintf(os.Stderr, "skiffd: --log-level %q: want debug, info, warn or error\n", *level)
+		return 2
+	}
+	o.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	s, err := server.New(o)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "skiffd:", err)
+		return 1
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := s.Run(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "skiffd:", err)
+		return 1
+	}
+	return 0
 }

@@ -6,6 +6,7 @@
 package debug
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -125,11 +126,15 @@ func (o Options) configz(w http.ResponseWriter, r *http.Request) {
 		missing("config store")(w, r)
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
-	if err := o.Configz(w); err != nil {
-		// Headers may be out already; the error still ends the body.
+	// Buffered so a failure half way is reported as one, not as
+	// truncated JSON with a 200.
+	var buf bytes.Buffer
+	if err := o.Configz(&buf); err != nil {
 		http.Error(w, "dumping the config store: "+err.Error(), http.StatusInternalServerError)
+		return
 	}
+	w.Header().Set("Content-Type", "application/json")
+	_, _ = w.Write(buf.Bytes())
 }
 
 func (o Options) ready(w http.ResponseWriter, r *http.Request) {

@@ -162,3 +162,18 @@ func TestConcurrentReads(t *testing.T) {
 		}
 	}
 }
+
+func TestInstancesByIP(t *testing.T) {
+	r, _ := bookinfo(t, Options{})
+	var got []string
+	for _, in := range r.InstancesByIP("198.18.0.13") {
+		got = append(got, fmt.Sprintf("%s:%d %s port=%s", in.Address, in.Port, in.Service.Hostname, in.ServicePort.Name))
+	}
+	diffLines(t, "reviews-v1 pod", got, []string{
+		"198.18.0.13:9080 reviews-v1.default.svc.cluster.local port=http",
+		"198.18.0.13:9080 reviews.default.svc.cluster.local port=http",
+	})
+	if got := r.InstancesByIP("198.18.9.9"); got != nil {
+		t.Errorf("unknown address has instances %q", instanceLines(got))
+	}
+}

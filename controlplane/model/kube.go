@@ -27,6 +27,8 @@ const (
 	annotationStatus   = "sidecar.istio.io/status" // set by the injector on injected pods
 	annotationExportTo = "networking.istio.io/exportTo"
 
+	annotationAutoRegistrationGroup = "istio.io/autoRegistrationGroup"
+
 	tlsModeIstio    = "istio"
 	tlsModeDisabled = "disabled"
 )
@@ -168,6 +170,7 @@ func (b *builder) podInstances(s *Service, w *Workload, notReadyToo bool) {
 		}
 		in := instanceOf(w, w.IPs[0], port, sp)
 		in.Healthy = w.Healthy || notReadyToo
+		in.Terminating = w.Source.Meta.DeletionTimestamp != nil
 		s.addInstance(in)
 	}
 }

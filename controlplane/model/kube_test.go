@@ -315,6 +315,14 @@ status:
   conditions: [{type: Ready, status: "True"}]
 ---
 apiVersion: v1
+kind: Pod
+metadata: {name: db-1, namespace: data, labels: {app: db}, deletionTimestamp: "2024-05-01T00:00:00Z"}
+spec: {containers: [{name: db, image: db}]}
+status:
+  podIP: 198.18.3.2
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
 kind: Service
 metadata: {name: search, namespace: data}
 spec:
@@ -339,6 +347,7 @@ func TestHeadlessAndExternalName(t *testing.T) {
 	}
 	diffLines(t, "db:5432", instanceLines(r.Instances(db, 5432)), []string{
 		"198.18.3.1:5432 healthy=true term=false sa=default tls=disabled wl=db-0 loc= net= w=1 labels=app=db",
+		"198.18.3.2:5432 healthy=false term=true sa=default tls=disabled wl=db-1 loc= net= w=1 labels=app=db",
 	})
 	search := r.Service("search.data.svc.mesh.test", "data")
 	if search == nil || search.Resolution != DNS || !search.MeshExternal || search.Port(443).Protocol != HTTPS {

@@ -46,6 +46,7 @@ type Registry struct {
 	workloads []*Workload
 	wlByNS    map[string][]*Workload
 	wlByIP    map[string]*Workload
+	instByIP  map[string][]*Instance
 	templates []*WorkloadTemplate
 	warnings  []string
 }
@@ -113,6 +114,11 @@ func (r *Registry) WorkloadsFor(ns string, labels map[string]string) []*Workload
 	}
 	return out
 }
+
+// InstancesByIP returns every service instance at this address, sorted by
+// service host name, namespace and port: what a proxy at that address
+// serves inbound.
+func (r *Registry) InstancesByIP(ip string) []*Instance { return r.instByIP[ip] }
 
 // WorkloadByIP returns the workload with this address, or nil.
 func (r *Registry) WorkloadByIP(ip string) *Workload { return r.wlByIP[ip] }
@@ -313,6 +319,7 @@ func (b *builder) finish() *Registry {
 		byHost:    map[string][]*Service{},
 		wlByNS:    map[string][]*Workload{},
 		wlByIP:    map[string]*Workload{},
+		instByIP:  map[string][]*Instance{},
 		templates: b.templates(),
 	}
 	// Precedence among declarations of one host: Kubernetes first (its
@@ -365,6 +372,11 @@ func (b *builder) finish() *Registry {
 		}
 		slices.Sort(ids)
 		s.identities = slices.Compact(ids)
+		for _, p := range s.Ports { // services are sorted, so each address's list is too
+			for _, in := range s.instances[p.Port] {
+				r.instByIP[in.Address] = append(r.instByIP[in.Address], in)
+			}
+		}
 	}
 	r.workloads = b.workloads()
 	for _, w := range r.workloads {
@@ -412,6 +424,7 @@ func sortInstances(list []*Instance) {
 }
 
 func (s *Service) addInstance(in *Instance) {
+	in.Service = s
 	if s.instances == nil {
 		s.instances = map[int][]*Instance{}
 	}

@@ -2,19 +2,23 @@ package model
 
 import (
 	"cmp"
+	"maps"
+	"net/netip"
 	"slices"
+	"strconv"
 	"strings"
 
 	networking "istio.io/api/networking/v1alpha3"
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 )
 
 // buildServiceEntries turns each ServiceEntry host into a service. Its
-// instances are the inline endpoints, else the WorkloadEntries and pods
-// its workloadSelector picks in its namespace, else, for DNS resolution,
-// the host itself.
+// instances are the WorkloadEntries and pods its workloadSelector picks in
+// its namespace, else the inline endpoints, else, for DNS resolution, the
+// host itself unless it is a wildcard.
 func (b *builder) buildServiceEntries() {
 	for _, o := range b.ordered[config.ServiceEntry] {
 		se, ok := o.Spec.(*networking.ServiceEntry)
@@ -46,26 +50,33 @@ func (b *builder) buildServiceEntries() {
 			switch {
 			case s.Resolution == DynamicDNS:
 				// Endpoints are ignored: the proxy resolves each request's host.
-			case len(se.Endpoints) > 0:
-				for _, ep := range se.Endpoints {
-					w := b.endpointWorkload(ns, o.Meta.Name, ep, o)
-					for _, sp := range ports {
-						in := instanceOf(w, ep.Address, entryPort(ep.Ports, sp), sp)
-						in.Weight = max(ep.Weight, 1)
-						s.addInstance(in)
-					}
-				}
-			case selector != nil:
+			case se.WorkloadSelector != nil:
+				// Istio takes a selector over inline endpoints; an empty one
+				// selects nothing.
 				for _, w := range b.entries.match(ns, selector) {
 					b.entryInstances(s, w)
 				}
 				for _, w := range b.pods.match(ns, selector) {
-					b.podInstances(s, w, false)
+					b.selectedPodInstances(s, w)
 				}
-			case s.Resolution == DNS || s.Resolution == DNSRoundRobin:
+			case len(se.Endpoints) > 0:
+				for i, ep := range se.Endpoints {
+					// Istio names an inline endpoint's workload <entry>-<index>.
+					w := b.endpointWorkload(ns, o.Meta.Name+"-"+strconv.Itoa(i), ep, nil, o)
+					for _, sp := range ports {
+						in := instanceOf(w, ep.Address, entryPort(ep.Ports, sp), sp)
+						if strings.HasPrefix(ep.Address, unixPrefix) {
+							in.Port = 0
+						}
+						in.Weight = max(ep.Weight, 1)
+						s.addInstance(in)
+					}
+				}
+			case (s.Resolution == DNS || s.Resolution == DNSRoundRobin) && !strings.HasPrefix(host, "*"):
+				// A wildcard cannot be resolved: such a host has no endpoints.
 				for _, sp := range ports {
 					s.addInstance(&Instance{Address: host, Port: entryPort(nil, sp), ServicePort: sp, Healthy: true, Weight: 1,
-						Namespace: ns, TLSMode: tlsModeDisabled, Network: b.opts.Network, Source: o})
+						Namespace: ns, Workload: o.Meta.Name, TLSMode: tlsModeDisabled, Network: b.opts.Network, Source: o})
 				}
 			}
 			b.services = append(b.services, s)
@@ -105,36 +116,85 @@ func entryPort(ports map[string]uint32, sp *Port) int {
 	return sp.Port
 }
 
+// unixPrefix starts the address of an endpoint on a Unix domain socket;
+// such an endpoint has no port.
+const unixPrefix = "unix://"
+
 // entryInstances adds a selected WorkloadEntry's instances to a service.
+// An entry addressed by host name or socket can only back a ServiceEntry
+// with DNS resolution, as in Istio: nothing else can resolve it.
 func (b *builder) entryInstances(s *Service, w *Workload) {
 	if len(w.IPs) == 0 {
 		return
 	}
+	addr := w.IPs[0]
+	if _, err := netip.ParseAddr(addr); err != nil && s.Resolution != DNS && s.Resolution != DNSRoundRobin {
+		return
+	}
 	we := w.Source.Spec.(*networking.WorkloadEntry)
 	for _, sp := range s.Ports {
-		in := instanceOf(w, w.IPs[0], entryPort(we.Ports, sp), sp)
+		in := instanceOf(w, addr, entryPort(we.Ports, sp), sp)
+		if strings.HasPrefix(addr, unixPrefix) {
+			in.Port = 0
+		}
 		in.Weight = max(we.Weight, 1)
 		s.addInstance(in)
 	}
 }
 
-// entryWorkload describes a WorkloadEntry object.
+// selectedPodInstances adds a pod a ServiceEntry selects: its container
+// ports stand in for a WorkloadEntry's ports map, as in Istio.
+func (b *builder) selectedPodInstances(s *Service, w *Workload) {
+	if len(w.IPs) == 0 {
+		return
+	}
+	pod := w.Source.Spec.(*corev1.Pod)
+	ports := map[string]uint32{}
+	for _, c := range pod.Spec.Containers {
+		for _, cp := range c.Ports {
+			if cp.Name != "" {
+				ports[cp.Name] = uint32(cp.ContainerPort)
+			}
+		}
+	}
+	for _, sp := range s.Ports {
+		s.addInstance(instanceOf(w, w.IPs[0], entryPort(ports, sp), sp))
+	}
+}
+
+// entryWorkload describes a WorkloadEntry object. Its metadata labels
+// join its spec labels and win over them, as in Istio.
 func (b *builder) entryWorkload(o *config.Object) *Workload {
 	we, ok := o.Spec.(*networking.WorkloadEntry)
 	if !ok {
 		return nil
 	}
-	w := b.endpointWorkload(namespaceOf(o), o.Meta.Name, we, o)
-	w.Kind, w.Name = WorkloadKindEntry, o.Meta.Name
+	name := o.Meta.Name
+	if g := o.Meta.Annotations[annotationAutoRegistrationGroup]; g != "" {
+		name = g // an auto-registered entry runs as its WorkloadGroup
+	}
+	var merged map[string]string
+	if len(o.Meta.Labels) > 0 {
+		merged = maps.Clone(we.Labels)
+		if merged == nil {
+			merged = map[string]string{}
+		}
+		maps.Copy(merged, o.Meta.Labels)
+	}
+	w := b.endpointWorkload(namespaceOf(o), name, we, merged, o)
+	w.Name = o.Meta.Name
 	return w
 }
 
 // endpointWorkload describes a WorkloadEntry spec, standing alone or
-// inline in a ServiceEntry (named after it).
-func (b *builder) endpointWorkload(ns, name string, we *networking.WorkloadEntry, src *config.Object) *Workload {
+// inline in a ServiceEntry; labels, when given, replace the spec's.
+func (b *builder) endpointWorkload(ns, workloadName string, we *networking.WorkloadEntry, labels map[string]string, src *config.Object) *Workload {
+	if labels == nil {
+		labels = we.Labels
+	}
 	w := &Workload{
-		Kind: WorkloadKindEntry, Namespace: ns, WorkloadName: name,
-		Labels:         we.Labels,
+		Kind: WorkloadKindEntry, Namespace: ns, WorkloadName: workloadName,
+		Labels:         labels,
 		ServiceAccount: we.ServiceAccount,
 		Identity:       b.identity(ns, we.ServiceAccount),
 		Locality:       we.Locality,
@@ -142,6 +202,9 @@ func (b *builder) endpointWorkload(ns, name string, we *networking.WorkloadEntry
 		Healthy:        true,
 		TLSMode:        entryTLSMode(we),
 		Source:         src,
+	}
+	if w.Locality == "" && labels[labelLocality] != "" {
+		w.Locality = strings.ReplaceAll(labels[labelLocality], ".", "/")
 	}
 	if we.Address != "" {
 		w.IPs = []string{we.Address}

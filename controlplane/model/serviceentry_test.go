@@ -41,7 +41,7 @@ apiVersion: networking.istio.io/v1
 kind: ServiceEntry
 metadata: {name: dns-hosts, namespace: egress}
 spec:
-  hosts: [api.example.com, cdn.example.com]
+  hosts: [api.example.com, cdn.example.com, "*.cdn.example.com"]
   ports: [{number: 443, name: https, protocol: HTTPS}]
   resolution: DNS
 ---
@@ -140,6 +140,7 @@ func TestServiceEntries(t *testing.T) {
 		got = append(got, serviceLine(s))
 	}
 	diffLines(t, "services", got, []string{
+		"*.cdn.example.com ns=egress DNS external=true addrs=[]",
 		"*.svc.example.com ns=egress DynamicDNS external=true addrs=[]",
 		"*.wikipedia.org ns=egress Passthrough external=true addrs=[]",
 		"api.example.com ns=egress DNS external=true addrs=[]",
@@ -161,27 +162,28 @@ func TestServiceEntries(t *testing.T) {
 	diffLines(t, "passthrough", instances("*.wikipedia.org", 443), nil)
 	diffLines(t, "dynamic DNS", instances("*.svc.example.com", 80), nil)
 	billing := []string{
-		"10.1.0.1:8000 healthy=true term=false sa=billing tls=istio wl=static-internal loc=eu/eu-1a net=vm-net w=5 labels=version=v1",
-		"10.1.0.2:8000 healthy=true term=false sa= tls=disabled wl=static-internal loc= net= w=1 labels=security.istio.io/tlsMode=disabled,version=v2",
+		"10.1.0.1:8000 healthy=true term=false sa=billing tls=istio wl=static-internal-0 loc=eu/eu-1a net=vm-net w=5 labels=version=v1",
+		"10.1.0.2:8000 healthy=true term=false sa= tls=disabled wl=static-internal-1 loc= net= w=1 labels=security.istio.io/tlsMode=disabled,version=v2",
 	}
 	diffLines(t, "billing:80", instances("billing.vms.internal", 80), billing)
 	diffLines(t, "billing.legacy:80 (every host gets the endpoints)", instances("billing.legacy", 80), billing)
 	diffLines(t, "billing:9443", instances("billing.vms.internal", 9443), []string{
-		"10.1.0.1:19443 healthy=true term=false sa=billing tls=istio wl=static-internal loc=eu/eu-1a net=vm-net w=5 labels=version=v1",
-		"10.1.0.2:9443 healthy=true term=false sa= tls=disabled wl=static-internal loc= net= w=1 labels=security.istio.io/tlsMode=disabled,version=v2",
+		"10.1.0.1:19443 healthy=true term=false sa=billing tls=istio wl=static-internal-0 loc=eu/eu-1a net=vm-net w=5 labels=version=v1",
+		"10.1.0.2:9443 healthy=true term=false sa= tls=disabled wl=static-internal-1 loc= net= w=1 labels=security.istio.io/tlsMode=disabled,version=v2",
 	})
 	if in := r.Instances(r.Service("billing.vms.internal", ""), 80)[0]; in.Identity != "spiffe://cluster.local/ns/vms/sa/billing" || in.ServicePort.Protocol != HTTP {
 		t.Errorf("billing endpoint identity %q protocol %s", in.Identity, in.ServicePort.Protocol)
 	}
 	diffLines(t, "DNS without endpoints resolves each host", instances("cdn.example.com", 443), []string{
-		"cdn.example.com:443 healthy=true term=false sa= tls=disabled wl= loc= net= w=1 labels=",
+		"cdn.example.com:443 healthy=true term=false sa= tls=disabled wl=dns-hosts loc= net= w=1 labels=",
 	})
+	diffLines(t, "DNS wildcard host", instances("*.cdn.example.com", 443), nil)
 	diffLines(t, "DNS endpoints", instances("db.example.com", 5432), []string{
-		"db-a.example.com:5432 healthy=true term=false sa= tls=disabled wl=dns-endpoints loc= net= w=1 labels=",
-		"db-b.example.com:6432 healthy=true term=false sa= tls=disabled wl=dns-endpoints loc= net= w=1 labels=",
+		"db-a.example.com:5432 healthy=true term=false sa= tls=disabled wl=dns-endpoints-0 loc= net= w=1 labels=",
+		"db-b.example.com:6432 healthy=true term=false sa= tls=disabled wl=dns-endpoints-1 loc= net= w=1 labels=",
 	})
 	diffLines(t, "DNS round robin", instances("mail.example.com", 25), []string{
-		"mail.example.com:25 healthy=true term=false sa= tls=disabled wl= loc= net= w=1 labels=",
+		"mail.example.com:25 healthy=true term=false sa= tls=disabled wl=dns-rr loc= net= w=1 labels=",
 	})
 	diffLines(t, "workloadSelector picks entries and pods of its namespace", instances("inventory.vms.internal", 8080), []string{
 		"10.2.0.1:18080 healthy=true term=false sa=inventory tls=istio wl=inventory-vm1 loc= net= w=1 labels=app=inventory,version=v1",
@@ -306,7 +308,7 @@ func TestEgressSample(t *testing.T) {
 		t.Errorf("ports: %s", got)
 	}
 	diffLines(t, "googleapis:443", instanceLines(r.Instances(s, 443)), []string{
-		"www.googleapis.com:443 healthy=true term=false sa= tls=disabled wl= loc= net= w=1 labels=",
+		"www.googleapis.com:443 healthy=true term=false sa= tls=disabled wl=googleapis loc= net= w=1 labels=",
 	})
 }
 
@@ -332,5 +334,100 @@ spec:
 		if got := strings.Join(r.Service(host, "").Identities(), " "); got != want {
 			t.Errorf("%s: identities %q, want %q", host, got, want)
 		}
+	}
+}
+
+const selectionYAML = `
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: cache-vm
+  namespace: data
+  labels: {app: cache, version: meta}
+  annotations: {istio.io/autoRegistrationGroup: cache}
+spec:
+  address: 10.3.0.1
+  labels: {app: cache, version: spec, istio-locality: eu.eu-2b}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cache-by-name, namespace: data}
+spec:
+  address: cache-7.example.net
+  labels: {app: cache}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: cache-socket, namespace: data}
+spec:
+  address: unix:///var/run/cache.sock
+  labels: {app: cache}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cache-pod, namespace: data, labels: {app: cache}}
+spec:
+  containers: [{name: c, image: c, ports: [{name: redis, containerPort: 16379}]}]
+status:
+  podIP: 198.18.5.1
+  conditions: [{type: Ready, status: "True"}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: cache, namespace: data}
+spec:
+  selector: {app: cache}
+  ports: [{name: redis, port: 6379}]
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cache-static, namespace: data}
+spec:
+  hosts: [cache.static.internal]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 6379, name: redis, protocol: REDIS}]
+  workloadSelector: {labels: {app: cache}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: cache-dns, namespace: data}
+spec:
+  hosts: [cache.dns.internal]
+  location: MESH_INTERNAL
+  resolution: DNS
+  ports: [{number: 6379, name: redis, protocol: REDIS}]
+  workloadSelector: {labels: {app: cache}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: select-nothing, namespace: data}
+spec:
+  hosts: [nothing.internal]
+  resolution: DNS
+  ports: [{number: 80, name: http, protocol: HTTP}]
+  workloadSelector: {}
+`
+
+func TestWorkloadSelection(t *testing.T) {
+	r := Build(decode(t, "selection.yaml", selectionYAML), Options{})
+	vm := "10.3.0.1:6379 healthy=true term=false sa= tls=disabled wl=cache loc=eu/eu-2b net= w=1 labels=app=cache,istio-locality=eu.eu-2b,version=meta"
+	pod := "198.18.5.1:%d healthy=true term=false sa=default tls=disabled wl=cache-pod loc= net= w=1 labels=app=cache"
+	// Kubernetes Services and STATIC entries take only entries with IPs.
+	diffLines(t, "kubernetes service", instanceLines(r.Instances(r.Service("cache.data.svc.cluster.local", ""), 6379)), []string{
+		vm, fmt.Sprintf(pod, 6379),
+	})
+	// A ServiceEntry maps a pod's named container port like an entry's ports.
+	diffLines(t, "STATIC entry", instanceLines(r.Instances(r.Service("cache.static.internal", ""), 6379)), []string{
+		vm, fmt.Sprintf(pod, 16379),
+	})
+	diffLines(t, "DNS entry", instanceLines(r.Instances(r.Service("cache.dns.internal", ""), 6379)), []string{
+		vm, fmt.Sprintf(pod, 16379),
+		"cache-7.example.net:6379 healthy=true term=false sa= tls=disabled wl=cache-by-name loc= net= w=1 labels=app=cache",
+		"unix:///var/run/cache.sock:0 healthy=true term=false sa= tls=disabled wl=cache-socket loc= net= w=1 labels=app=cache",
+	})
+	diffLines(t, "empty selector", instanceLines(r.Instances(r.Service("nothing.internal", ""), 80)), nil)
+	if s := r.Service("cache.static.internal", ""); s.Port(6379).Protocol != Redis {
+		t.Errorf("protocol %s, want Redis", s.Port(6379).Protocol)
 	}
 }

@@ -98,8 +98,9 @@ type Port struct {
 
 // Instance is one endpoint of one service port.
 type Instance struct {
-	Address     string // IP, or a host name for DNS resolution
+	Address     string // IP, host name (DNS resolution) or unix:// socket path (Port 0)
 	Port        int    // the endpoint's port
+	Service     *Service
 	ServicePort *Port
 	Labels      map[string]string
 	// ServiceAccount is the workload's Kubernetes service account name;

@@ -41,6 +41,7 @@ type watch struct {
 	versionSent  string
 	sentAt       time.Time
 	sentConfigs  []ConfigKey // what caused the response with nonceSent
+	inflight     []response  // sent, not yet ACKed or NACKed, oldest first
 	versionAcked string
 	nonceAcked   string
 	ackedAt      time.Time
@@ -114,38 +115,84 @@ func (c *conn) watchedTypes() []string {
 	return append(out, rest...)
 }
 
+// maxInflight bounds the responses remembered while unanswered; a proxy
+// answers in order, so older ones than this will never be answered.
+const maxInflight = 16
+
+// response is a response sent and not yet answered.
+type response struct {
+	nonce, version string
+	at             time.Time
+	configs        []ConfigKey
+}
+
 // sent records a response about to go out.
 func (c *conn) sent(w *watch, nonce, version string, p *push) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	w.nonceSent, w.versionSent, w.sentAt = nonce, version, time.Now()
-	w.sentConfigs = nil
-	if p != nil {
-		w.sentConfigs = p.req.ConfigsUpdated
-		for _, k := range p.req.ConfigsUpdated {
-			st := w.configs[k.id()]
-			if st == nil {
-				st = &configState{}
-				w.configs[k.id()] = st
-			}
-			st.sent = k.ResourceVersion
+	now := time.Now()
+	w.nonceSent, w.versionSent, w.sentAt = nonce, version, now
+	w.sentConfigs = p.req.ConfigsUpdated
+	for _, k := range p.req.ConfigsUpdated {
+		st := w.configs[k.id()]
+		if st == nil {
+			st = &configState{}
+			w.configs[k.id()] = st
 		}
+		st.sent = k.ResourceVersion
+	}
+	w.inflight = append(w.inflight, response{nonce: nonce, version: version, at: now, configs: p.req.ConfigsUpdated})
+	if len(w.inflight) > maxInflight {
+		w.inflight = slices.Delete(w.inflight, 0, len(w.inflight)-maxInflight)
 	}
 }
 
-// ack records that the proxy applied the response with w.nonceSent.
-func (c *conn) ack(w *watch, version string) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	now := time.Now()
-	c.s.m.ackLatency.WithLabelValues(ShortType(w.typeURL)).Observe(now.Sub(w.sentAt).Seconds())
-	w.versionAcked, w.nonceAcked, w.ackedAt = version, w.nonceSent, now
-	w.lastNACK, w.nackNonce = "", ""
-	for _, k := range w.sentConfigs {
-		if st := w.configs[k.id()]; st != nil {
-			st.acked = k.ResourceVersion
+// answered removes the responses up to and including nonce from the
+// in-flight list and returns the one with nonce.
+func (w *watch) answered(nonce string) (response, bool) {
+	for i, r := range w.inflight {
+		if r.nonce == nonce {
+			w.inflight = slices.Delete(w.inflight, 0, i+1)
+			return r, true
 		}
 	}
+	return response{}, false
+}
+
+// ack records that the proxy applied the response with nonce, and reports
+// false if that is not a response it may still answer. In SotW only the
+// latest response counts, and it holds the whole state, so every config
+// sent so far is applied. In delta every response is a separate change:
+// each ACK applies that response's configs.
+func (c *conn) ack(w *watch, nonce, version string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.delta && nonce != w.nonceSent {
+		return false
+	}
+	r, ok := w.answered(nonce)
+	if !ok {
+		return false
+	}
+	now := time.Now()
+	c.s.m.ackLatency.WithLabelValues(ShortType(w.typeURL)).Observe(now.Sub(r.at).Seconds())
+	if c.delta {
+		version = r.version
+		for _, k := range r.configs {
+			if st := w.configs[k.id()]; st != nil {
+				st.acked = k.ResourceVersion
+			}
+		}
+	} else {
+		for _, st := range w.configs {
+			st.acked = st.sent
+		}
+	}
+	if nonce == w.nonceSent {
+		w.versionAcked, w.nonceAcked, w.ackedAt = version, nonce, now
+		w.lastNACK, w.nackNonce = "", ""
+	}
+	return true
 }
 
 // nack records a rejection: the last ACKed version stays as it was.
@@ -160,8 +207,8 @@ func (c *conn) nack(typeURL, nonce, msg string) {
 		c.watches[typeURL] = w
 	}
 	now := time.Now()
-	if nonce == w.nonceSent && !w.sentAt.IsZero() {
-		c.s.m.ackLatency.WithLabelValues(ShortType(typeURL)).Observe(now.Sub(w.sentAt).Seconds())
+	if r, ok := w.answered(nonce); ok {
+		c.s.m.ackLatency.WithLabelValues(ShortType(typeURL)).Observe(now.Sub(r.at).Seconds())
 	}
 	w.nacks++
 	w.lastNACK, w.nackNonce, w.nackAt = msg, nonce, now

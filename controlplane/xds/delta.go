@@ -39,13 +39,11 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		}
 	}
 	if nonce := r.GetResponseNonce(); !isNew && nonce != "" {
-		if nonce == w.nonceSent {
-			c.mu.Unlock()
-			c.ack(w, w.versionSent)
-			c.mu.Lock()
-		} else {
+		c.mu.Unlock()
+		if !c.ack(w, nonce, "") {
 			c.expired(t)
 		}
+		c.mu.Lock()
 	}
 	// Subscription changes apply whatever the nonce: each request carries
 	// only its own difference, so dropping one would lose it.
@@ -57,10 +55,13 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 			w.wildcard, w.legacy = true, false
 			continue
 		}
-		if _, ok := w.names[n]; !ok {
-			w.names[n] = struct{}{}
-			added = append(added, n)
+		// Subscribing again to a name asks for it again (the proxy
+		// lost it), so it is sent whatever version we think it holds.
+		w.names[n] = struct{}{}
+		if !isNew {
+			delete(w.known, n)
 		}
+		added = append(added, n)
 	}
 	for _, n := range r.GetResourceNamesUnsubscribe() {
 		if n == "*" {
@@ -70,17 +71,16 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		delete(w.names, n)
 		delete(w.known, n)
 	}
-	wildcard := w.wildcard
 	c.mu.Unlock()
 
 	p := &push{req: &PushRequest{Full: true, Reason: "request"}, version: *c.s.version.Load()}
 	switch {
 	case isNew || addedWildcard:
-		_, err := h.send(c, w, nil, p, isNew, false)
+		_, err := h.send(c, w, nil, p, isNew)
 		return err
-	case len(added) > 0 && !wildcard:
+	case len(added) > 0:
 		slices.Sort(added)
-		_, err := h.send(c, w, added, p, false, false)
+		_, err := h.send(c, w, added, p, false)
 		return err
 	}
 	return nil
@@ -90,14 +90,14 @@ func (h deltaHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 	c.mu.Lock()
 	w := c.watches[typeURL]
 	c.mu.Unlock()
-	return h.send(c, w, nil, p, false, true)
+	return h.send(c, w, nil, p, false)
 }
 
 // send generates names (nil: the whole subscription) and sends what the
 // proxy does not hold yet, and, for a whole-subscription send, the names
 // it holds that no longer exist. always sends even an empty response, which
 // a proxy's first request for a type waits for.
-func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always, isPush bool) (bool, error) {
+func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bool) (bool, error) {
 	whole := names == nil
 	if whole {
 		c.mu.Lock()
@@ -109,9 +109,9 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always, i
 		}
 	}
 	var res []marshalled
-	if whole && names != nil && len(names) == 0 {
-		// Subscribed to nothing: only an (empty) first answer is due.
-	} else {
+	// An empty named subscription generates nothing: only an (empty)
+	// first answer can be due.
+	if names == nil || len(names) > 0 {
 		var err error
 		if res, err = c.generate(w.typeURL, names, p.req); err != nil {
 			return false, nil // logged and counted; the proxy keeps what it has
@@ -119,9 +119,7 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always, i
 	}
 	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: w.typeURL, SystemVersionInfo: p.version}
 	present := make(map[string]struct{}, len(res))
-	// known is only touched by this goroutine; mu guards it against
-	// nothing but keeps the race detector's view simple for readers.
-	c.mu.Lock()
+	// known belongs to the stream goroutine (this one): no lock.
 	for _, m := range res {
 		present[m.name] = struct{}{}
 		if w.known[m.name] == m.version {
@@ -139,20 +137,13 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always, i
 		}
 		slices.Sort(resp.RemovedResources)
 	}
-	c.mu.Unlock()
 	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 && !always {
 		return false, nil
 	}
 	resp.Nonce = c.s.nextNonce()
-	if isPush {
-		c.sent(w, resp.Nonce, p.version, p)
-	} else {
-		c.sent(w, resp.Nonce, p.version, nil)
-	}
-	if err := h.stream.Send(resp); err != nil {
-		c.s.m.pushes.WithLabelValues(ShortType(w.typeURL) + "_senderr").Inc()
+	c.sent(w, resp.Nonce, p.version, p)
+	if err := c.s.send(c, w.typeURL, func() error { return h.stream.Send(resp) }); err != nil {
 		return false, err
 	}
-	c.s.m.pushes.WithLabelValues(ShortType(w.typeURL)).Inc()
 	return true, nil
 }

@@ -115,4 +115,48 @@ func TestDeltaSubscribe(t *testing.T) {
 	if !slices.Equal(ts.Names, []string{"y"}) || ts.Wildcard {
 		t.Errorf("subscription %v wildcard %v, want [y]", ts.Names, ts.Wildcard)
 	}
+
+	// Subscribing again to a name held is a request to resend it.
+	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xds.EndpointType, ResponseNonce: r3.GetNonce(), ResourceNamesSubscribe: []string{"y"}})
+	r4 := c.recv()
+	if got, _ := deltaNames(r4); !slices.Equal(got, []string{"y"}) {
+		t.Errorf("re-subscribe y: %v, want [y] again", got)
+	}
+}
+
+// In delta every response is its own change: ACKs of two responses sent
+// back to back each apply their own configs, and neither is stale.
+func TestDeltaTracesEveryResponse(t *testing.T) {
+	gen := newFakeGen()
+	gen.set(xds.ClusterType, clusterV("a", "1"), clusterV("b", "1"))
+	s := startServer(t, xds.Options{Generator: gen, DebounceAfter: time.Millisecond})
+	c := newDelta(t, dial(t, s.addr))
+	c.send(&discoveryv3.DeltaDiscoveryRequest{Node: node(t, "reviews-v1-abc", "default", "10.0.0.1"), TypeUrl: xds.ClusterType})
+	r0 := c.recv()
+	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xds.ClusterType, ResponseNonce: r0.GetNonce()})
+
+	drA := xds.ConfigKey{Kind: "DestinationRule", Namespace: "default", Name: "a", ResourceVersion: "1"}
+	drB := xds.ConfigKey{Kind: "DestinationRule", Namespace: "default", Name: "b", ResourceVersion: "1"}
+	gen.set(xds.ClusterType, clusterV("a", "2"), clusterV("b", "1"))
+	s.Push(&xds.PushRequest{Full: true, Reason: "config", ConfigsUpdated: []xds.ConfigKey{drA}})
+	r1 := c.recv()
+	gen.set(xds.ClusterType, clusterV("a", "2"), clusterV("b", "2"))
+	s.Push(&xds.PushRequest{Full: true, Reason: "config", ConfigsUpdated: []xds.ConfigKey{drB}})
+	r2 := c.recv()
+	if n1, _ := deltaNames(r1); !slices.Equal(n1, []string{"a"}) {
+		t.Fatalf("first push %v, want [a]", n1)
+	}
+	if n2, _ := deltaNames(r2); !slices.Equal(n2, []string{"b"}) {
+		t.Fatalf("second push %v, want [b]", n2)
+	}
+	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xds.ClusterType, ResponseNonce: r1.GetNonce()})
+	c.send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: xds.ClusterType, ResponseNonce: r2.GetNonce()})
+	eventually(t, "both configs ACKed", func() bool { return traceAcked(s.Server, drA) == 1 && traceAcked(s.Server, drB) == 1 })
+	if got := metric(t, s.Server, "pilot_xds_expired_nonce", "type=cds"); got != 0 {
+		t.Errorf("pilot_xds_expired_nonce{type=cds} = %v, want 0", got)
+	}
+	ts, _ := typeStatus(s.Server, "reviews-v1-abc.default", xds.ClusterType)
+	if ts.NonceAcked != r2.GetNonce() || ts.VersionAcked != r2.GetSystemVersionInfo() {
+		t.Errorf("acked nonce %q version %q, want the second response's %q %q", ts.NonceAcked, ts.VersionAcked, r2.GetNonce(), r2.GetSystemVersionInfo())
+	}
 }

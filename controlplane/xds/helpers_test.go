@@ -1,8 +1,10 @@
 package xds_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"net"
 	"strings"
 	"sync"
@@ -31,6 +33,7 @@ type fakeGen struct {
 	per   func(p *xds.Proxy, typeURL string) []xds.Resource // overrides res when non-nil result
 	calls map[string]int
 	total atomic.Int64
+	err   error // returned by every call when set
 }
 
 func newFakeGen() *fakeGen {
@@ -48,8 +51,11 @@ func (g *fakeGen) Generate(p *xds.Proxy, typeURL string, names []string, req *xd
 	g.mu.Lock()
 	g.calls[typeURL]++
 	rs := g.res[typeURL]
-	per := g.per
+	per, err := g.per, g.err
 	g.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
 	if per != nil {
 		if r := per(p, typeURL); r != nil {
 			return r, nil
@@ -88,10 +94,31 @@ func cla(name string, ips ...string) xds.Resource {
 type testServer struct {
 	*xds.Server
 	addr string
+	log  *syncBuffer
+}
+
+// syncBuffer collects the server's log for assertions.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
 
 func startServer(t testing.TB, opts xds.Options) *testServer {
 	t.Helper()
+	logs := &syncBuffer{}
+	opts.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	s := xds.New(opts)
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -108,7 +135,7 @@ func startServer(t testing.TB, opts xds.Options) *testServer {
 		<-done
 		g.Stop()
 	})
-	return &testServer{Server: s, addr: lis.Addr().String()}
+	return &testServer{Server: s, addr: lis.Addr().String(), log: logs}
 }
 
 func dial(t testing.TB, addr string) *grpc.ClientConn {

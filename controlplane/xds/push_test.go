@@ -10,6 +10,7 @@ import (
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 
@@ -34,12 +35,13 @@ func subscribeCDSEDS(t *testing.T, s *testServer, pod, ns, ip string) *sotwClien
 }
 
 // An endpoint change pushes EDS alone, and only to the proxies the scope
-// says it affects.
+// says it affects, through the short endpoint debounce window: the 10s
+// config window would outlast the clients' 5s wait.
 func TestEndpointPushOnlyAffected(t *testing.T) {
 	gen := newFakeGen()
 	gen.set(xds.ClusterType, cluster("reviews"))
 	gen.set(xds.EndpointType, cla("reviews", "10.1.0.1"))
-	s := startServer(t, xds.Options{Generator: gen, Scope: scopeNS("bookinfo")})
+	s := startServer(t, xds.Options{Generator: gen, Scope: scopeNS("bookinfo"), DebounceAfter: 10 * time.Second})
 	var in, out []*sotwClient
 	for i := range 3 {
 		in = append(in, subscribeCDSEDS(t, s, fmt.Sprintf("productpage-%d", i), "bookinfo", fmt.Sprintf("10.0.0.%d", i+1)))
@@ -47,16 +49,24 @@ func TestEndpointPushOnlyAffected(t *testing.T) {
 	for i := range 2 {
 		out = append(out, subscribeCDSEDS(t, s, fmt.Sprintf("sleep-%d", i), "other", fmt.Sprintf("10.0.1.%d", i+1)))
 	}
-	cds, eds := metric(t, s.Server, "pilot_xds_pushes", "type=cds"), metric(t, s.Server, "pilot_xds_pushes", "type=eds")
+	// A push is counted just after it is sent, so the client may see it
+	// first: wait for the 5 initial responses of each type to be counted.
+	eventually(t, "initial pushes counted", func() bool {
+		return metric(t, s.Server, "pilot_xds_pushes", "type=cds") == 5 && metric(t, s.Server, "pilot_xds_pushes", "type=eds") == 5
+	})
 
 	gen.set(xds.EndpointType, cla("reviews", "10.1.0.1", "10.1.0.2"))
 	s.Push(&xds.PushRequest{Types: map[string]bool{xds.EndpointType: true}, Reason: "endpoint"})
-	for _, c := range in {
+	for i, c := range in {
 		r := c.recv()
 		if r.GetTypeUrl() != xds.EndpointType {
 			t.Fatalf("affected proxy got %s, want EDS only", r.GetTypeUrl())
 		}
 		c.ack(r, "reviews")
+		eventually(t, "EDS push ACKed", func() bool {
+			ts, _ := typeStatus(s.Server, fmt.Sprintf("productpage-%d.bookinfo", i), xds.EndpointType)
+			return ts.VersionAcked == r.GetVersionInfo()
+		})
 	}
 	for _, c := range in {
 		c.noResponse(20 * time.Millisecond)
@@ -64,10 +74,10 @@ func TestEndpointPushOnlyAffected(t *testing.T) {
 	for _, c := range out {
 		c.noResponse(20 * time.Millisecond)
 	}
-	if got := metric(t, s.Server, "pilot_xds_pushes", "type=eds") - eds; got != 3 {
+	if got := metric(t, s.Server, "pilot_xds_pushes", "type=eds") - 5; got != 3 {
 		t.Errorf("EDS pushes: %v, want 3 (the affected proxies)", got)
 	}
-	if got := metric(t, s.Server, "pilot_xds_pushes", "type=cds") - cds; got != 0 {
+	if got := metric(t, s.Server, "pilot_xds_pushes", "type=cds") - 5; got != 0 {
 		t.Errorf("CDS pushes: %v, want 0", got)
 	}
 	if got := metric(t, s.Server, "pilot_push_triggers", "type=endpoint"); got != 1 {
@@ -268,4 +278,88 @@ func runClient(ctx context.Context, cc *grpc.ClientConn, nd *corev3.Node, delta 
 		}
 	}
 	return nil
+}
+
+// A generator failure sends nothing (the proxy keeps its config), is
+// counted as a build error and logged with the proxy; the next good push
+// goes out.
+func TestGeneratorErrorKeepsProxyConfig(t *testing.T) {
+	gen := newFakeGen()
+	gen.set(xds.ClusterType, cluster("reviews"))
+	s := startServer(t, xds.Options{Generator: gen, DebounceAfter: time.Millisecond})
+	c := newSotw(t, dial(t, s.addr), true)
+	c.send(&discoveryv3.DiscoveryRequest{Node: node(t, "reviews-v1-abc", "default", "10.0.0.1"), TypeUrl: xds.ClusterType})
+	r := c.recv()
+	c.ack(r)
+
+	gen.mu.Lock()
+	gen.err = fmt.Errorf("DestinationRule default/reviews: subset v3 has no matching workloads")
+	gen.mu.Unlock()
+	s.Push(&xds.PushRequest{Full: true, Reason: "config"})
+	eventually(t, "build error counted", func() bool { return metric(t, s.Server, "pilot_xds_pushes", "type=cds_builderr") == 1 })
+	c.noResponse(100 * time.Millisecond)
+	if log := s.log.String(); !strings.Contains(log, `msg="generating resources failed; the proxy keeps its previous config" component=xds proxy=reviews-v1-abc.default type=cds err="DestinationRule default/reviews: subset v3 has no matching workloads"`) {
+		t.Errorf("generator error not logged:\n%s", log)
+	}
+	ts, _ := typeStatus(s.Server, "reviews-v1-abc.default", xds.ClusterType)
+	if ts.VersionSent != r.GetVersionInfo() || ts.VersionAcked != r.GetVersionInfo() {
+		t.Errorf("after a failed build: sent %q acked %q, want both %q", ts.VersionSent, ts.VersionAcked, r.GetVersionInfo())
+	}
+
+	gen.mu.Lock()
+	gen.err = nil
+	gen.mu.Unlock()
+	s.Push(&xds.PushRequest{Full: true, Reason: "config"})
+	if got := names(t, c.recv()); len(got) != 1 || got[0] != "reviews" {
+		t.Errorf("push after recovery: %v", got)
+	}
+}
+
+// With a SendTimeout, a proxy that stops reading is disconnected (it will
+// reconnect and resync) and the failure is counted; without one it would
+// stay connected, stuck.
+func TestSendTimeoutDisconnectsStuckProxy(t *testing.T) {
+	gen := newFakeGen()
+	big := strings.Repeat("x", 1<<20)
+	gen.set(xds.ClusterType, xds.Resource{Name: "big", Message: &clusterv3.Cluster{Name: "big", AltStatName: big}})
+	s := startServer(t, xds.Options{Generator: gen, SendTimeout: 200 * time.Millisecond})
+	slow := newSotw(t, dial(t, s.addr), false)
+	slow.send(&discoveryv3.DiscoveryRequest{Node: node(t, "slow", "default", "10.0.9.1"), TypeUrl: xds.ClusterType})
+	// gRPC takes one message whatever its size; the unread megabyte then
+	// holds the flow-control window shut, so the next send blocks.
+	eventually(t, "first response taken", func() bool { return metric(t, s.Server, "pilot_xds_pushes", "type=cds") == 1 })
+	s.Push(&xds.PushRequest{Full: true, Reason: "config"})
+	eventually(t, "stuck proxy disconnected", func() bool {
+		return len(s.Status()) == 0 && metric(t, s.Server, "pilot_xds_pushes", "type=cds_senderr") == 1
+	})
+	if log := s.log.String(); !strings.Contains(log, `msg="sending to proxy failed; closing its stream" component=xds proxy=slow.default conn=slow.default-1 type=cds err="rpc error: code = DeadlineExceeded desc = proxy did not take a response within 200ms (SendTimeout); disconnecting it so it reconnects and resyncs"`) {
+		t.Errorf("disconnect not logged:\n%s", log)
+	}
+	if got := metric(t, s.Server, "pilot_xds_pushes", "type=cds"); got != 1 {
+		t.Errorf("pilot_xds_pushes{type=cds} = %v, want 1: the push was not delivered", got)
+	}
+}
+
+// Requests merged in one debounce window push the union of their types,
+// in make-before-break order (clusters before endpoints), and no other type.
+func TestMergedTypesInOrder(t *testing.T) {
+	gen := newFakeGen()
+	gen.set(xds.ClusterType, cluster("reviews"))
+	gen.set(xds.EndpointType, cla("reviews", "10.1.0.1"))
+	gen.set(xds.ListenerType, xds.Resource{Name: "0.0.0.0_9080", Message: &listenerv3.Listener{Name: "0.0.0.0_9080"}})
+	s := startServer(t, xds.Options{Generator: gen, DebounceAfter: 50 * time.Millisecond})
+	c := subscribeCDSEDS(t, s, "productpage-v1-x", "default", "10.0.0.1")
+	c.send(&discoveryv3.DiscoveryRequest{TypeUrl: xds.ListenerType})
+	c.ack(c.recv())
+
+	s.Push(&xds.PushRequest{Types: map[string]bool{xds.EndpointType: true}, Reason: "endpoint"})
+	s.Push(&xds.PushRequest{Full: true, Types: map[string]bool{xds.ClusterType: true}, Reason: "config"})
+	first, second := c.recv(), c.recv()
+	if first.GetTypeUrl() != xds.ClusterType || second.GetTypeUrl() != xds.EndpointType {
+		t.Fatalf("pushed %s then %s, want CDS then EDS", first.GetTypeUrl(), second.GetTypeUrl())
+	}
+	if first.GetVersionInfo() != second.GetVersionInfo() {
+		t.Errorf("one merged push carried versions %q and %q", first.GetVersionInfo(), second.GetVersionInfo())
+	}
+	c.noResponse(100 * time.Millisecond)
 }

@@ -14,10 +14,12 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
+	"errors"
+	"io"
 	"log/slog"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,8 +46,14 @@ type Options struct {
 	// short so an endpoint change reaches proxies well within 200ms (5ms).
 	EndpointDebounce time.Duration
 	// Concurrency bounds how many connections generate resources at once
-	// (Istio's PILOT_PUSH_THROTTLE, 100).
+	// (Istio's PILOT_PUSH_THROTTLE, 100). Sending is outside the bound,
+	// so a proxy slow to read never holds a slot.
 	Concurrency int
+	// SendTimeout, when set, disconnects a proxy that has not taken a
+	// response within it (Istio's PILOT_XDS_SEND_TIMEOUT); it reconnects
+	// and resyncs. Zero waits for ever, as Istio does by default: a stuck
+	// proxy then only holds up itself.
+	SendTimeout time.Duration
 	Logger      *slog.Logger
 }
 
@@ -317,6 +325,9 @@ func serve[Req any, Resp any](s *Server, stream grpc.BidiStreamingServer[Req, Re
 		case <-ctx.Done():
 			return ctx.Err()
 		case err := <-recvErr:
+			if errors.Is(err, io.EOF) {
+				return nil // the proxy closed its side
+			}
 			return err
 		case r := <-reqs:
 			if err := h.onRequest(c, r); err != nil {
@@ -338,7 +349,7 @@ func serve[Req any, Resp any](s *Server, stream grpc.BidiStreamingServer[Req, Re
 // pushAll sends every type p covers that the connection watches, in
 // make-before-break order.
 func (c *conn) pushAll(send func(*conn, string, *push) (bool, error), p *push) error {
-	any := false
+	sentAny := false
 	for _, t := range c.watchedTypes() {
 		if !p.req.covers(t) {
 			continue
@@ -349,11 +360,11 @@ func (c *conn) pushAll(send func(*conn, string, *push) (bool, error), p *push) e
 			return err
 		}
 		if sent {
-			any = true
+			sentAny = true
 			c.s.m.pushTime.WithLabelValues(ShortType(t)).Observe(time.Since(start).Seconds())
 		}
 	}
-	if any {
+	if sentAny {
 		c.s.m.convergence.Observe(time.Since(p.req.Start).Seconds())
 	}
 	return nil
@@ -393,16 +404,38 @@ func (c *conn) generate(typeURL string, names []string, req *PushRequest) ([]mar
 		}
 		out = append(out, m)
 	}
-	slices.SortFunc(out, func(a, b marshalled) int {
-		switch {
-		case a.name < b.name:
-			return -1
-		case a.name > b.name:
-			return 1
-		}
-		return 0
-	})
+	slices.SortFunc(out, func(a, b marshalled) int { return strings.Compare(a.name, b.name) })
 	return out, nil
 }
 
-func (c *conn) String() string { return fmt.Sprintf("%s (%s)", c.id, c.proxy.NodeID) }
+// send sends one response within Options.SendTimeout.
+func (s *Server) send(c *conn, typeURL string, send func() error) error {
+	err := s.sendTimed(send)
+	if err != nil {
+		s.m.pushes.WithLabelValues(ShortType(typeURL) + "_senderr").Inc()
+		s.log.Warn("sending to proxy failed; closing its stream", "proxy", c.proxy.ID, "conn", c.id, "type", ShortType(typeURL), "err", err)
+		return err
+	}
+	s.m.pushes.WithLabelValues(ShortType(typeURL)).Inc()
+	return nil
+}
+
+func (s *Server) sendTimed(send func() error) error {
+	if s.opts.SendTimeout <= 0 {
+		return send()
+	}
+	// The send runs apart so the stream can be given up on; returning
+	// ends the stream, which makes the blocked send return too.
+	done := make(chan error, 1)
+	go func() { done <- send() }()
+	t := time.NewTimer(s.opts.SendTimeout)
+	defer t.Stop()
+	select {
+	case err := <-done:
+		return err
+	case <-t.C:
+		return status.Errorf(codes.DeadlineExceeded, "proxy did not take a response within %v (SendTimeout); disconnecting it so it reconnects and resyncs", s.opts.SendTimeout)
+	}
+}
+
+var _ discoveryv3.AggregatedDiscoveryServiceServer = (*Server)(nil)

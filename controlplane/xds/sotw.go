@@ -33,20 +33,17 @@ func (h sotwHandler) onRequest(c *conn, r *discoveryv3.DiscoveryRequest) error {
 		w = newWatch(t)
 		c.watches[t] = w
 	}
+	// Without a nonce (or on a stream that never sent this type, as
+	// after a reconnect) it is a first request: always answered.
 	nonce := r.GetResponseNonce()
-	switch {
-	case isNew || nonce == "":
-		// A first request for the type, on this stream or after the
-		// proxy reconnected: always answered.
-	case nonce != w.nonceSent:
-		// An answer to a response superseded since: the proxy will
-		// also answer the newer one.
+	if !isNew && nonce != "" {
 		c.mu.Unlock()
-		c.expired(t)
-		return nil
-	default:
-		c.mu.Unlock()
-		c.ack(w, r.GetVersionInfo())
+		if !c.ack(w, nonce, r.GetVersionInfo()) {
+			// An answer to a response superseded since: the proxy
+			// will also answer the newer one.
+			c.expired(t)
+			return nil
+		}
 		c.mu.Lock()
 	}
 	wildcard := star || (len(names) == 0 && (isNew || w.legacy))
@@ -58,7 +55,7 @@ func (h sotwHandler) onRequest(c *conn, r *discoveryv3.DiscoveryRequest) error {
 	if !changed {
 		return nil // a pure ACK
 	}
-	_, err := h.send(c, w, &push{req: &PushRequest{Full: true, Reason: "request"}, version: *c.s.version.Load()}, false)
+	_, err := h.send(c, w, &push{req: &PushRequest{Full: true, Reason: "request"}, version: *c.s.version.Load()})
 	return err
 }
 
@@ -66,12 +63,11 @@ func (h sotwHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 	c.mu.Lock()
 	w := c.watches[typeURL]
 	c.mu.Unlock()
-	return h.send(c, w, p, true)
+	return h.send(c, w, p)
 }
 
-// send generates the type's full subscribed set and sends it. A push
-// records the configs it carries; an answer to a request does not.
-func (h sotwHandler) send(c *conn, w *watch, p *push, isPush bool) (bool, error) {
+// send generates the type's full subscribed set and sends it.
+func (h sotwHandler) send(c *conn, w *watch, p *push) (bool, error) {
 	c.mu.Lock()
 	names, wildcard := w.subscription(), w.wildcard
 	c.mu.Unlock()
@@ -88,16 +84,10 @@ func (h sotwHandler) send(c *conn, w *watch, p *push, isPush bool) (bool, error)
 	}
 	nonce := c.s.nextNonce()
 	resp := &discoveryv3.DiscoveryResponse{TypeUrl: w.typeURL, VersionInfo: p.version, Nonce: nonce, Resources: anys}
-	if isPush {
-		c.sent(w, nonce, p.version, p)
-	} else {
-		c.sent(w, nonce, p.version, nil)
-	}
-	if err := h.stream.Send(resp); err != nil {
-		c.s.m.pushes.WithLabelValues(ShortType(w.typeURL) + "_senderr").Inc()
+	c.sent(w, nonce, p.version, p)
+	if err := c.s.send(c, w.typeURL, func() error { return h.stream.Send(resp) }); err != nil {
 		return false, err
 	}
-	c.s.m.pushes.WithLabelValues(ShortType(w.typeURL)).Inc()
 	return true, nil
 }
 

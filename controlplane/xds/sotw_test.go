@@ -2,6 +2,7 @@ package xds_test
 
 import (
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -65,6 +66,9 @@ func TestSotwAckNack(t *testing.T) {
 	if got := metric(t, s.Server, "pilot_total_xds_rejects", "type=cds"); got != 1 {
 		t.Errorf("pilot_total_xds_rejects{type=cds} = %v, want 1", got)
 	}
+	if log := s.log.String(); !strings.Contains(log, `level=WARN msg="proxy rejected config (NACK)" component=xds proxy=reviews-v1-abc.default conn=reviews-v1-abc.default-1 type=cds nonce=`+r2.GetNonce()+` err="cluster outbound|9080|v2|reviews.default.svc.cluster.local: unknown lb_policy"`) {
+		t.Errorf("NACK not logged with proxy and error:\n%s", log)
+	}
 	if got := s.Trace(withVersion(vsReviews, "7")); len(got) != 1 || !got[0].Sent || got[0].Acked {
 		t.Errorf("trace after NACK: %+v, want sent and not acked", got)
 	}
@@ -122,10 +126,8 @@ func TestSotwSubscriptionChange(t *testing.T) {
 	}
 	// An ACK of the first response, arriving late, is stale.
 	c.ack(r, "outbound|9080||reviews.default.svc.cluster.local")
+	eventually(t, "stale nonce counted", func() bool { return metric(t, s.Server, "pilot_xds_expired_nonce", "type=eds") == 1 })
 	c.noResponse(50 * time.Millisecond)
-	if got := metric(t, s.Server, "pilot_xds_expired_nonce", "type=eds"); got != 1 {
-		t.Errorf("pilot_xds_expired_nonce{type=eds} = %v, want 1", got)
-	}
 	ts, _ := typeStatus(s.Server, "productpage-v1-x.default", xds.EndpointType)
 	if want := []string{"outbound|9080||ratings.default.svc.cluster.local", "outbound|9080||reviews.default.svc.cluster.local"}; !slices.Equal(ts.Names, want) || ts.Wildcard {
 		t.Errorf("subscription %v (wildcard %v), want %v", ts.Names, ts.Wildcard, want)

@@ -40,12 +40,6 @@ func ShortType(typeURL string) string {
 	return typeURL[strings.LastIndexByte(typeURL, '.')+1:]
 }
 
-// legacyWildcard reports whether an empty subscription for typeURL means
-// "everything", as Envoy assumes for listeners and clusters.
-func legacyWildcard(typeURL string) bool {
-	return typeURL == ListenerType || typeURL == ClusterType
-}
-
 // Resource is one generated resource. Message may be an *anypb.Any already
 // marshalled by the generator, so one encoding is shared by every proxy
 // that receives it; otherwise the server marshals it per response.

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"slices"
+
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/gen"
+	"github.com/skiff-mesh/skiff/controlplane/model"
+	"github.com/skiff-mesh/skiff/controlplane/xds"
+)
+
+// classify decides what a change pushes. A change of endpoints only (pods,
+// EndpointSlices, WorkloadEntries) that leaves the set of services as it
+// was pushes EDS alone; a change of Istio config pushes the types that kind
+// feeds; anything else is a full push.
+func classify(c config.Change, snap *config.Snapshot, prev, next *model.Registry) *xds.PushRequest {
+	req := &xds.PushRequest{Types: map[string]bool{}}
+	for _, k := range c.Keys {
+		ck := xds.ConfigKey{Kind: k.Kind.Kind, Namespace: k.Namespace, Name: k.Name}
+		if o := snap.Get(k); o != nil {
+			ck.ResourceVersion = o.Meta.ResourceVersion // traceable: which proxies ACKed this version
+		}
+		req.ConfigsUpdated = append(req.ConfigsUpdated, ck)
+		switch k.Kind {
+		case config.Pod, config.EndpointSlice, config.WorkloadEntry:
+			req.Types[gen.EndpointType] = true
+		case config.VirtualService:
+			req.Types[gen.ListenerType], req.Types[gen.RouteType] = true, true
+		case config.DestinationRule:
+			req.Types[gen.ClusterType], req.Types[gen.EndpointType], req.Types[gen.RouteType] = true, true, true
+		case config.Gateway, config.KubeGateway, config.HTTPRoute, config.GRPCRoute, config.TCPRoute, config.ReferenceGrant, config.GatewayClass:
+			req.Types[gen.ListenerType], req.Types[gen.RouteType], req.Types[gen.ClusterType] = true, true, true
+		default:
+			req.Full = true
+		}
+	}
+	switch {
+	case req.Full:
+		req.Types, req.Reason = nil, "full" // every type
+	case len(req.Types) == 1 && req.Types[gen.EndpointType]:
+		if sameServices(prev, next) {
+			req.Reason = "endpoint"
+		} else {
+			req.Full, req.Types, req.Reason = true, nil, "service"
+		}
+	default:
+		req.Full, req.Reason = true, "config"
+	}
+	return req
+}
+
+// sameServices reports whether two registries hold the same services with
+// the same ports and addresses: then only endpoints differ.
+func sameServices(a, b *model.Registry) bool {
+	as, bs := a.Services(), b.Services()
+	if len(as) != len(bs) {
+		return false
+	}
+	for i := range as {
+		x, y := as[i], bs[i]
+		if x.Hostname != y.Hostname || x.Namespace != y.Namespace || !slices.Equal(x.Addresses, y.Addresses) || len(x.Ports) != len(y.Ports) {
+			return false
+		}
+		for j := range x.Ports {
+			if *x.Ports[j] != *y.Ports[j] {
+				return false
+			}
+		}
+	}
+	return true
+}

@@ -1,0 +1,259 @@
+// Package server assembles skiffd: config sources feed the validated
+// config store; each new config version becomes a service registry and a
+// generation index (Gateway API objects converted to Istio's model first);
+// the ADS server pushes what changed to the proxies it concerns; the
+// monitoring address serves Istio's debug endpoints and pilot metrics.
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/config/file"
+	"github.com/skiff-mesh/skiff/controlplane/config/validation"
+	"github.com/skiff-mesh/skiff/controlplane/debug"
+	"github.com/skiff-mesh/skiff/controlplane/gatewayapi"
+	"github.com/skiff-mesh/skiff/controlplane/gen"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
+	"github.com/skiff-mesh/skiff/controlplane/model"
+	"github.com/skiff-mesh/skiff/controlplane/xds"
+)
+
+// Options are skiffd's settings.
+type Options struct {
+	ConfigDir      string // YAML manifests to serve (watched)
+	XDSAddr        string // plaintext ADS, Istio's :15010
+	MonitoringAddr string // debug and metrics, Istio's :15014
+	DomainSuffix   string // "cluster.local"
+	RootNamespace  string // "istio-system"
+	TrustDomain    string // "cluster.local"
+	// LocalMesh: every workload runs with a sidecar unless it opts out
+	// (Kubernetes mode reads the injector's marks instead).
+	LocalMesh bool
+	Logger    *slog.Logger
+}
+
+func (o *Options) defaults() {
+	if o.XDSAddr == "" {
+		o.XDSAddr = ":15010"
+	}
+	if o.MonitoringAddr == "" {
+		o.MonitoringAddr = ":15014"
+	}
+	if o.DomainSuffix == "" {
+		o.DomainSuffix = "cluster.local"
+	}
+	if o.RootNamespace == "" {
+		o.RootNamespace = "istio-system"
+	}
+	if o.TrustDomain == "" {
+		o.TrustDomain = "cluster.local"
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+}
+
+// Server is a running skiffd.
+type Server struct {
+	o     Options
+	log   *slog.Logger
+	store *config.Store
+	gen   *gen.Generator
+	xds   *xds.Server
+
+	xdsLn, monLn net.Listener
+
+	mu       sync.Mutex
+	lastReg  *model.Registry
+	version  uint64
+	ready    bool
+	rebuilds chan config.Change
+}
+
+// New binds skiffd's addresses (so a port in use fails at once, naming the
+// flag to change) and builds its parts; Run serves.
+func New(o Options) (*Server, error) {
+	o.defaults()
+	if o.ConfigDir == "" {
+		return nil, errors.New("no configuration directory: run skiffd --config-dir DIR (a directory of Kubernetes-style YAML)")
+	}
+	s := &Server{o: o, log: o.Logger, gen: &gen.Generator{}, rebuilds: make(chan config.Change, 1)}
+	s.store = config.NewStore(validation.Validate, o.Logger)
+	s.store.SetReferenceChecker(func(objs []*config.Object) []config.ObjectError {
+		var out []config.ObjectError
+		for _, e := range validation.CheckReferences(objs) {
+			out = append(out, config.ErrorAt(e.Object, e.Err))
+		}
+		return out
+	})
+	s.xds = xds.New(xds.Options{Generator: s.gen, Logger: o.Logger})
+	var err error
+	if s.xdsLn, err = net.Listen("tcp", o.XDSAddr); err != nil {
+		return nil, fmt.Errorf("--xds-addr %s: %w", o.XDSAddr, err)
+	}
+	if s.monLn, err = net.Listen("tcp", o.MonitoringAddr); err != nil {
+		s.xdsLn.Close()
+		return nil, fmt.Errorf("--monitoring-addr %s: %w", o.MonitoringAddr, err)
+	}
+	return s, nil
+}
+
+// XDSAddr and MonitoringAddr are the bound addresses (port 0 resolved).
+func (s *Server) XDSAddr() net.Addr        { return s.xdsLn.Addr() }
+func (s *Server) MonitoringAddr() net.Addr { return s.monLn.Addr() }
+
+// Store is the config store (for tests and the CLI's status).
+func (s *Server) Store() *config.Store { return s.store }
+
+// Run serves until ctx ends.
+func (s *Server) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	src := file.New(s.o.ConfigDir, file.Options{Log: s.log})
+	errc := make(chan error, 4)
+	go func() {
+		if err := src.Run(ctx, s.store); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("config directory %s: %w", s.o.ConfigDir, err)
+		}
+	}()
+	s.store.Subscribe(func(c config.Change) {
+		// Subscribers must not block the store: hand the change to the
+		// rebuild loop, merging with one already waiting.
+		for {
+			select {
+			case s.rebuilds <- c:
+				return
+			default:
+			}
+			select {
+			case old := <-s.rebuilds:
+				c.Keys = append(old.Keys, c.Keys...)
+			default:
+			}
+		}
+	})
+	select {
+	case <-src.Synced():
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+		return nil
+	}
+	s.rebuild(config.Change{Version: s.store.Snapshot().Version})
+	for _, e := range s.store.Errors() {
+		s.log.Warn("config rejected", "error", e.Error())
+	}
+	go s.rebuildLoop(ctx)
+	go s.xds.Run(ctx)
+
+	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	s.xds.Register(g)
+	go func() {
+		if err := g.Serve(s.xdsLn); err != nil {
+			errc <- fmt.Errorf("xDS server: %w", err)
+		}
+	}()
+	mon := &http.Server{Handler: debug.Handler(debug.Options{
+		XDS: s.xds, Configz: s.configz, Ready: s.readyErr,
+		Metrics: prometheus.Gatherers{s.xds.Registry(), prometheus.DefaultGatherer},
+	}), ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := mon.Serve(s.monLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			errc <- fmt.Errorf("monitoring server: %w", err)
+		}
+	}()
+	s.log.Info("skiffd serving", "xds", s.xdsLn.Addr().String(), "monitoring", s.monLn.Addr().String(),
+		"config_dir", s.o.ConfigDir, "objects", len(s.store.Snapshot().All()))
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+	}
+	g.Stop()
+	shutdown, cancelShutdown := context.WithTimeout(context.Background(), time.Second)
+	defer cancelShutdown()
+	mon.Shutdown(shutdown)
+	return err
+}
+
+func (s *Server) rebuildLoop(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case c := <-s.rebuilds:
+			s.rebuild(c)
+		}
+	}
+}
+
+// rebuild derives the registry and index of the store's current snapshot,
+// installs them and pushes what changed.
+func (s *Server) rebuild(c config.Change) {
+	start := time.Now()
+	snap := s.store.Snapshot()
+	objs := snap.All()
+	conv := gatewayapi.Convert(objs, gatewayapi.Options{DomainSuffix: s.o.DomainSuffix})
+	all := append(append([]*config.Object(nil), objs...), conv.Objects...)
+	reg := model.Build(all, model.Options{DomainSuffix: s.o.DomainSuffix, TrustDomain: s.o.TrustDomain, SidecarByDefault: s.o.LocalMesh})
+	ix := index.Build(all, reg, index.Options{RootNamespace: s.o.RootNamespace, DomainSuffix: s.o.DomainSuffix})
+	s.gen.Set(ix)
+
+	s.mu.Lock()
+	prev := s.lastReg
+	s.lastReg, s.version, s.ready = reg, snap.Version, true
+	s.mu.Unlock()
+	if prev == nil {
+		return // the first version: proxies get it when they connect
+	}
+	req := classify(c, snap, prev, reg)
+	req.Start = start
+	s.xds.Push(req)
+	s.log.Debug("config version pushed", "version", snap.Version, "full", req.Full, "reason", req.Reason,
+		"changed", len(c.Keys), "build", time.Since(start))
+}
+
+func (s *Server) readyErr() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.ready {
+		return errors.New("configuration not loaded yet")
+	}
+	return nil
+}
+
+// configz dumps the store: every object with its source position, and the
+// rejected ones with their errors.
+func (s *Server) configz(w io.Writer) error {
+	type obj struct {
+		Kind, Namespace, Name, ResourceVersion, Source string
+	}
+	out := struct {
+		Version uint64
+		Objects []obj
+		Errors  []string
+	}{Version: s.store.Snapshot().Version}
+	for _, o := range s.store.Snapshot().All() {
+		out.Objects = append(out.Objects, obj{o.Kind.String(), o.Meta.Namespace, o.Meta.Name, o.Meta.ResourceVersion, o.Source.String()})
+	}
+	for _, e := range s.store.Errors() {
+		out.Errors = append(out.Errors, e.Error())
+	}
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", " ")
+	return enc.Encode(out)
+}
