@@ -34,9 +34,11 @@ import (
 )
 
 // Subscriber is the part of the xDS client the manager drives: the names of
-// the EDS and RDS resources it needs follow from the clusters and listeners.
+// the EDS and RDS resources it needs follow from the clusters and listeners,
+// and listeners are asked for only once the first clusters are warm.
 type Subscriber interface {
 	Subscribe(typeURL string, names []string)
+	SubscribeWildcard(typeURL string)
 }
 
 // Options wires the manager to the runtime parts it drives.
@@ -80,6 +82,10 @@ type Manager struct {
 	readyCh     chan struct{}
 	readyClosed bool
 	recheck     bool
+	// Initialization order: when the first clusters arrived, and whether
+	// listeners have been asked for.
+	clustersSince time.Time
+	ldsRequested  bool
 }
 
 // New makes a manager. Call SetSubscriber before the xDS client runs.
@@ -497,32 +503,61 @@ func (m *Manager) subscribeRoutes() {
 // checkReady closes Ready once the initial configuration is in: with ADS,
 // the first CDS and LDS responses accepted, no cluster warming and no
 // listener waiting for routes.
+//
+// Envoy's initialization order is kept: listeners are requested only once
+// the first clusters and their endpoints are in (or ListenerWarmTimeout
+// after the first clusters arrived), so no listener starts routing to a
+// cluster that has no hosts yet.
 func (m *Manager) checkReady() {
 	if m.readyClosed {
 		return
 	}
-	if m.usesADS && (!m.received[clusterType] || !m.received[listenerType]) {
+	if m.usesADS && !m.received[clusterType] {
+		return
+	}
+	clustersWarm := len(m.o.Clusters.Warming()) == 0
+	if m.usesADS && !m.ldsRequested {
+		if m.clustersSince.IsZero() {
+			m.clustersSince = time.Now()
+		}
+		if clustersWarm || time.Since(m.clustersSince) >= m.o.ListenerWarmTimeout {
+			m.ldsRequested = true
+			if m.sub != nil {
+				m.sub.SubscribeWildcard(listenerType)
+			}
+		}
+	}
+	if m.usesADS && !m.received[listenerType] {
+		if !m.ldsRequested {
+			m.recheckSoon()
+		}
 		return
 	}
 	if len(m.warming) > 0 {
 		return // promoteWarming or warmTimeout calls again
 	}
-	if len(m.o.Clusters.Warming()) > 0 {
-		// Clusters warm on their own (DNS answers, first EDS); look again
-		// shortly rather than couple the cluster manager to this one.
-		if !m.recheck {
-			m.recheck = true
-			time.AfterFunc(50*time.Millisecond, func() {
-				m.mu.Lock()
-				defer m.mu.Unlock()
-				m.recheck = false
-				m.checkReady()
-			})
-		}
+	if !clustersWarm {
+		m.recheckSoon()
 		return
 	}
 	m.readyClosed = true
 	close(m.readyCh)
+}
+
+// recheckSoon looks at readiness again shortly: clusters warm on their own
+// (DNS answers, first EDS), and polling keeps the cluster manager uncoupled
+// from this one.
+func (m *Manager) recheckSoon() {
+	if m.recheck {
+		return
+	}
+	m.recheck = true
+	time.AfterFunc(50*time.Millisecond, func() {
+		m.mu.Lock()
+		defer m.mu.Unlock()
+		m.recheck = false
+		m.checkReady()
+	})
 }
 
 func (m *Manager) publishSecrets() {

@@ -143,8 +143,8 @@ func (p *Proxy) setupXDS() error {
 	}
 	p.xds = xdsclient.New(xdsclient.Config{Dial: dial, Node: p.node, Delta: bootstrap.UsesDelta(p.boot), Handler: p.cfg, Logger: p.log})
 	p.cfg.SetSubscriber(p.xds)
+	// Listeners follow once the first clusters are warm (compile.Manager).
 	p.xds.SubscribeWildcard(xdstypes.Cluster)
-	p.xds.SubscribeWildcard(xdstypes.Listener)
 	return nil
 }
 

@@ -366,3 +366,51 @@ func TestAdminConfigDumpShowsDynamicResources(t *testing.T) {
 		}
 	}
 }
+
+// Envoy's initialization order: listeners are requested only once the
+// clusters have their endpoints, so no listener routes to an empty cluster.
+func TestListenersRequestedAfterClustersWarm(t *testing.T) {
+	xds := xdsserver.Start(t)
+	a := backend(t, "a")
+	listen := freeAddr(t)
+	withoutEndpoints := []types.Resource{
+		xdsres.EDSCluster("a"),
+		xdsres.Listener("http", listen, xdsres.HCM("http", "routes")),
+		xdsres.RouteConfig("routes", xdsres.PrefixRoute("/", "a")),
+	}
+	xds.Set(t, withoutEndpoints...)
+	path := filepath.Join(t.TempDir(), "bootstrap.yaml")
+	if err := os.WriteFile(path, []byte(xds.Bootstrap(false)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := New(Options{ConfigPath: path, DrainTime: 100 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- p.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	xds.WaitFor(t, 5*time.Second, "cluster ACK", func(r xdsserver.Response) bool {
+		return r.TypeURL == "type.googleapis.com/envoy.config.cluster.v3.Cluster" && r.NACK == ""
+	})
+	time.Sleep(300 * time.Millisecond)
+	if xds.Requested("type.googleapis.com/envoy.config.listener.v3.Listener") {
+		t.Fatal("listeners were requested while cluster a had no endpoints")
+	}
+	select {
+	case <-p.Ready():
+		t.Fatal("ready before any listener")
+	default:
+	}
+	xds.Set(t, append(withoutEndpoints, xdsres.Endpoints("a", a))...)
+	select {
+	case <-p.Ready():
+	case <-time.After(5 * time.Second):
+		t.Fatal("not ready after the endpoints arrived")
+	}
+	if code, body, _ := get(t, "http://"+listen+"/x"); code != 200 || body != "a /x" {
+		t.Fatalf("after warming: %d %q", code, body)
+	}
+}

@@ -37,11 +37,12 @@ type Server struct {
 	Addr  string
 	Cache cachev3.SnapshotCache
 
-	grpc    *grpc.Server
-	mu      sync.Mutex
-	version int
-	seen    []Response
-	changed chan struct{}
+	grpc      *grpc.Server
+	mu        sync.Mutex
+	version   int
+	seen      []Response
+	requested map[string]bool
+	changed   chan struct{}
 }
 
 // T is the part of testing.TB the server uses, so tools outside tests
@@ -92,10 +93,15 @@ func StartAt(t T, addr string) *Server {
 }
 
 func (s *Server) record(typeURL, version, nonce, nack string) {
+	s.mu.Lock()
+	if s.requested == nil {
+		s.requested = map[string]bool{}
+	}
+	s.requested[typeURL] = true
 	if nonce == "" {
+		s.mu.Unlock()
 		return // an initial request or a subscription change, not an answer
 	}
-	s.mu.Lock()
 	s.seen = append(s.seen, Response{TypeURL: typeURL, Version: version, Nonce: nonce, NACK: nack})
 	close(s.changed)
 	s.changed = make(chan struct{})
@@ -126,6 +132,13 @@ func (s *Server) Set(t T, res ...types.Resource) string {
 		t.Fatal(err)
 	}
 	return v
+}
+
+// Requested reports whether a proxy has asked for typeURL at all.
+func (s *Server) Requested(typeURL string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.requested[typeURL]
 }
 
 // Responses returns what the proxies answered so far.
