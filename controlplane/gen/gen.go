@@ -27,7 +27,15 @@ const (
 
 // Generator implements xds.Generator over the index set last.
 type Generator struct {
-	ix atomic.Pointer[index.Index]
+	ix       atomic.Pointer[index.Index]
+	clusters *cds.Generator
+}
+
+// New makes a generator. Auto mTLS stays off until skiffd issues workload
+// certificates (the security issue): a cluster asking for mTLS toward
+// sidecars that cannot present certificates would fail every handshake.
+func New() *Generator {
+	return &Generator{clusters: cds.New(cds.Options{DisableAutoMTLS: true})}
 }
 
 // Set installs the index of a new config version; later generation uses it.
@@ -44,7 +52,7 @@ func (g *Generator) Generate(p *xds.Proxy, typeURL string, names []string, _ *xd
 	}
 	switch typeURL {
 	case ClusterType:
-		return cds.Generate(p, ix), nil
+		return g.clusters.Generate(p, ix), nil
 	case EndpointType:
 		return eds.Generate(p, ix, names), nil
 	case ListenerType:

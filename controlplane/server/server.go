@@ -91,7 +91,7 @@ func New(o Options) (*Server, error) {
 	if o.ConfigDir == "" {
 		return nil, errors.New("no configuration directory: run skiffd --config-dir DIR (a directory of Kubernetes-style YAML)")
 	}
-	s := &Server{o: o, log: o.Logger, gen: &gen.Generator{}, rebuilds: make(chan config.Change, 1)}
+	s := &Server{o: o, log: o.Logger, gen: gen.New(), rebuilds: make(chan config.Change, 1)}
 	s.store = config.NewStore(validation.Validate, o.Logger)
 	s.store.SetReferenceChecker(func(objs []*config.Object) []config.ObjectError {
 		var out []config.ObjectError

@@ -62,6 +62,7 @@ func Compare(t testing.TB, path string, got []byte) {
 	want, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatalf("golden: %v (run the test with -update to create it)", err)
+		return
 	}
 	if !bytes.Equal(want, got) {
 		t.Errorf("golden: %s differs (run with -update to accept):\n%s", path, diff(string(want), string(got)))

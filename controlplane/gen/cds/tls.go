@@ -1,0 +1,223 @@
+package cds
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
+	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/skiff-mesh/skiff/controlplane/model"
+)
+
+// SDS resource names Istio's proxies fetch their own identity under.
+const (
+	SecretDefault = "default" // the workload certificate and key
+	SecretRootCA  = "ROOTCA"  // the mesh's trust roots
+)
+
+// istioALPN is what Istio's clients offer on mesh mTLS so the server can
+// tell a sidecar from another TLS client.
+var istioALPN = []string{"istio-peer-exchange", "istio"}
+
+// IstioSNI is the SNI Istio's clients send on mesh mTLS, naming the
+// cluster: "outbound_.9080_.v1_.reviews.default.svc.cluster.local".
+func IstioSNI(port int, subset, host string) string {
+	return "outbound_." + strconv.Itoa(port) + "_." + subset + "_." + host
+}
+
+// tls applies the policy's TLS settings, or auto mTLS when it has none.
+func (g *Generator) tls(b *builder, svc *model.Service, port *model.Port, subset string, t *networking.ClientTLSSettings) {
+	c := b.c
+	sni := IstioSNI(port.Port, subset, svc.Hostname)
+	if t == nil {
+		// Auto mTLS needs endpoint metadata, which only EDS endpoints
+		// carry; external services are not in the mesh.
+		if g.o.DisableAutoMTLS || svc.MeshExternal || c.GetType() != clusterv3.Cluster_EDS {
+			return
+		}
+		c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
+			{
+				Name:            "tlsMode-istio",
+				Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+				TransportSocket: tlsSocket(istioMutual(sni, svc.Identities())),
+			},
+			{
+				Name:            "tlsMode-disabled",
+				Match:           &structpb.Struct{},
+				TransportSocket: rawSocket(),
+			},
+		}
+		return
+	}
+	switch t.GetMode() {
+	case networking.ClientTLSSettings_ISTIO_MUTUAL:
+		sans := t.GetSubjectAltNames()
+		if len(sans) == 0 {
+			sans = svc.Identities()
+		}
+		if t.GetSni() != "" {
+			sni = t.GetSni()
+		}
+		c.TransportSocket = tlsSocket(istioMutual(sni, sans))
+	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
+		c.TransportSocket = tlsSocket(userTLS(t, svc.Hostname))
+	}
+}
+
+// istioMutual is the client side of mesh mTLS: the proxy's own
+// certificate and the mesh roots, both over SDS on the ADS stream, and the
+// server's identity checked against the service's SPIFFE IDs.
+func istioMutual(sni string, sans []string) *tlsv3.UpstreamTlsContext {
+	var matchers []*tlsv3.SubjectAltNameMatcher
+	for _, s := range sans {
+		matchers = append(matchers, &tlsv3.SubjectAltNameMatcher{
+			SanType: tlsv3.SubjectAltNameMatcher_URI,
+			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}},
+		})
+	}
+	return &tlsv3.UpstreamTlsContext{
+		Sni: sni,
+		CommonTlsContext: &tlsv3.CommonTlsContext{
+			TlsParams: &tlsv3.TlsParameters{
+				TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
+				TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+			},
+			AlpnProtocols:                  istioALPN,
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: SecretDefault, SdsConfig: adsSource()}},
+			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: matchers},
+					ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: SecretRootCA, SdsConfig: adsSource()},
+				},
+			},
+		},
+	}
+}
+
+// userTLS is origination of TLS the user configured (SIMPLE or MUTUAL):
+// certificates from files, or from SDS when credentialName names a secret
+// (the certificate under that name, the CA under "<name>-cacert"). SNI is
+// the rule's, else the service host when it is not a wildcard.
+func userTLS(t *networking.ClientTLSSettings, host string) *tlsv3.UpstreamTlsContext {
+	ctx := &tlsv3.UpstreamTlsContext{Sni: t.GetSni(), CommonTlsContext: &tlsv3.CommonTlsContext{}}
+	if ctx.Sni == "" && !strings.HasPrefix(host, "*") {
+		ctx.Sni = host
+	}
+	ctc := ctx.CommonTlsContext
+	var sans []*matcherv3.StringMatcher
+	for _, s := range t.GetSubjectAltNames() {
+		sans = append(sans, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}})
+	}
+	verify := !t.GetInsecureSkipVerify().GetValue()
+	if name := t.GetCredentialName(); name != "" {
+		if t.GetMode() == networking.ClientTLSSettings_MUTUAL {
+			ctc.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: name, SdsConfig: adsSource()}}
+		}
+		if verify {
+			ctc.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchSubjectAltNames: sans},
+					ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: name + "-cacert", SdsConfig: adsSource()},
+				},
+			}
+		}
+		return ctx
+	}
+	if t.GetMode() == networking.ClientTLSSettings_MUTUAL {
+		ctc.TlsCertificates = []*tlsv3.TlsCertificate{{
+			CertificateChain: file(t.GetClientCertificate()),
+			PrivateKey:       file(t.GetPrivateKey()),
+		}}
+	}
+	if verify && (t.GetCaCertificates() != "" || len(sans) > 0) {
+		vc := &tlsv3.CertificateValidationContext{MatchSubjectAltNames: sans}
+		if t.GetCaCertificates() != "" {
+			vc.TrustedCa = file(t.GetCaCertificates())
+		}
+		ctc.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: vc}
+	}
+	return ctx
+}
+
+func file(name string) *corev3.DataSource {
+	return &corev3.DataSource{Specifier: &corev3.DataSource_Filename{Filename: name}}
+}
+
+func tlsSocket(ctx *tlsv3.UpstreamTlsContext) *corev3.TransportSocket {
+	return &corev3.TransportSocket{Name: "envoy.transport_sockets.tls", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(ctx)}}
+}
+
+func rawSocket() *corev3.TransportSocket {
+	return &corev3.TransportSocket{Name: "envoy.transport_sockets.raw_buffer", ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(&rawbufferv3.RawBuffer{})}}
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		// Marshalling a well-formed generated message cannot fail.
+		panic(fmt.Sprintf("cds: marshal %T: %v", m, err))
+	}
+	return a
+}
+
+// grpcCluster adapts a cluster for a proxyless gRPC client, which accepts
+// only EDS and LOGICAL_DNS clusters balanced round robin, by ring hash or
+// by least request, and TLS only from certificate providers configured in
+// its bootstrap, as Istio's grpcgen emits it. A cluster gRPC cannot use
+// as intended (another discovery type, TLS from files or secrets) is left
+// out rather than silently downgraded; auto mTLS does not apply.
+func grpcCluster(c *clusterv3.Cluster, svc *model.Service, t *networking.ClientTLSSettings) *clusterv3.Cluster {
+	switch c.GetType() {
+	case clusterv3.Cluster_EDS, clusterv3.Cluster_LOGICAL_DNS:
+	default:
+		return nil
+	}
+	switch c.GetLbPolicy() {
+	case clusterv3.Cluster_RANDOM:
+		c.LbPolicy, c.LbConfig = clusterv3.Cluster_ROUND_ROBIN, nil
+	case clusterv3.Cluster_MAGLEV:
+		c.LbPolicy, c.LbConfig = clusterv3.Cluster_RING_HASH, nil
+	}
+	c.TransportSocketMatches = nil
+	c.TransportSocket = nil
+	switch t.GetMode() {
+	case networking.ClientTLSSettings_ISTIO_MUTUAL:
+		sans := t.GetSubjectAltNames()
+		if len(sans) == 0 {
+			sans = svc.Identities()
+		}
+		c.TransportSocket = tlsSocket(grpcMutual(sans))
+	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
+		return nil
+	}
+	return c
+}
+
+// grpcMutual is mesh mTLS for a proxyless gRPC client: certificate and
+// roots from the bootstrap's "default" certificate provider instance.
+func grpcMutual(sans []string) *tlsv3.UpstreamTlsContext {
+	var matchers []*matcherv3.StringMatcher
+	for _, s := range sans {
+		matchers = append(matchers, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}})
+	}
+	return &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: "default", CertificateName: SecretDefault},
+		ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
+			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext: &tlsv3.CertificateValidationContext{
+					MatchSubjectAltNames:          matchers,
+					CaCertificateProviderInstance: &tlsv3.CertificateProviderPluginInstance{InstanceName: "default", CertificateName: SecretRootCA},
+				},
+			},
+		},
+	}}
+}

@@ -1,0 +1,211 @@
+// Package lds generates the Listeners (LDS) a proxy needs, as Istio's
+// istiod does. A sidecar gets virtualOutbound (0.0.0.0:15001, the capture
+// port handing connections to the listener of their original
+// destination), one outbound listener per HTTP port ("0.0.0.0_9080",
+// routes by RDS "9080") and per TCP service address ("198.19.0.7_3306"),
+// and virtualInbound (0.0.0.0:15006) with a filter chain per workload
+// port. A gateway gets one bound listener per server port. A proxyless
+// gRPC client gets an API listener per reachable "host:port".
+//
+// Output is shared between proxies that would get the same answer. The
+// cache key (within one index, i.e. one config version) is: proxy type
+// (and whether proxyless),
+// SidecarScope.Key() (namespace and Sidecar resource), the proxy's inbound
+// ports (from the services its IPs serve), the proxy's values of the labels a
+// VirtualService matches sourceLabels on, and for gateways the selected
+// Gateway objects.
+package lds
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	corsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	httpinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/http_inspector/v3"
+	originaldstv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/original_dst/v3"
+	tlsinspectorv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/listener/tls_inspector/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
+	"github.com/skiff-mesh/skiff/controlplane/gen/rds"
+	"github.com/skiff-mesh/skiff/controlplane/xds"
+)
+
+// Istio's capture ports.
+const (
+	OutboundCapturePort = 15001
+	InboundCapturePort  = 15006
+)
+
+// Generate returns every listener of the proxy, sorted by name. The
+// messages are shared with other proxies and must not be modified.
+func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
+	return slices.Clone(ix.Cached("lds|"+cacheKey(p, ix), func() any {
+		var ls []*listenerv3.Listener
+		switch {
+		case p.Proxyless:
+			ls = proxylessListeners(p, ix)
+		case p.Type == xds.RouterProxy:
+			ls = gatewayListeners(p, ix)
+		default:
+			ls = append(outboundListeners(p, ix), inboundListener(p, ix))
+		}
+		slices.SortFunc(ls, func(a, b *listenerv3.Listener) int { return strings.Compare(a.GetName(), b.GetName()) })
+		out := make([]xds.Resource, len(ls))
+		for i, l := range ls {
+			out[i] = xds.Resource{Name: l.GetName(), Message: mustAny(l)}
+		}
+		return out
+	}).([]xds.Resource))
+}
+
+// cacheKey is what the listeners depend on; see the package doc.
+func cacheKey(p *xds.Proxy, ix *index.Index) string {
+	var b strings.Builder
+	b.WriteString(p.Type)
+	if p.Proxyless {
+		b.WriteString("/grpc")
+	}
+	b.WriteByte('|')
+	b.WriteString(ix.SidecarScope(p).Key())
+	if p.Type != xds.RouterProxy {
+		for _, in := range inboundPorts(p, ix) {
+			b.WriteString("|in:" + strconv.Itoa(in.port) + "/" + string(in.protocol) + "/" + in.host)
+		}
+	}
+	for _, k := range ix.SourceLabelKeys() {
+		if v, ok := p.Labels[k]; ok {
+			b.WriteString("|" + k + "=" + v)
+		}
+	}
+	for _, g := range ix.Gateways(p) {
+		b.WriteString("|gw:" + index.GatewayName(g))
+	}
+	return b.String()
+}
+
+// mustAny marshals a message the generator built itself (failure would
+// be a programming error), deterministically so equal config encodes to
+// equal bytes across proxies and versions.
+func mustAny(m proto.Message) *anypb.Any {
+	a := &anypb.Any{}
+	if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
+		panic(err)
+	}
+	return a
+}
+
+func socketAddress(ip string, port int) *corev3.Address {
+	return &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+		Address: ip, PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(port)},
+	}}}
+}
+
+// Listener filters, with Istio's names.
+var (
+	originalDstFilter = &listenerv3.ListenerFilter{
+		Name:       "envoy.filters.listener.original_dst",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&originaldstv3.OriginalDst{})},
+	}
+	tlsInspectorFilter = &listenerv3.ListenerFilter{
+		Name:       "envoy.filters.listener.tls_inspector",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&tlsinspectorv3.TlsInspector{})},
+	}
+	httpInspectorFilter = &listenerv3.ListenerFilter{
+		Name:       "envoy.filters.listener.http_inspector",
+		ConfigType: &listenerv3.ListenerFilter_TypedConfig{TypedConfig: mustAny(&httpinspectorv3.HttpInspector{})},
+	}
+)
+
+// plaintextHTTP matches connections the inspectors found to be cleartext
+// HTTP/1.1 or HTTP/2 (prior knowledge): Istio's sniffed-HTTP match.
+func plaintextHTTP() *listenerv3.FilterChainMatch {
+	return &listenerv3.FilterChainMatch{TransportProtocol: "raw_buffer", ApplicationProtocols: []string{"http/1.1", "h2c"}}
+}
+
+// tcpProxy is a filter chain's terminal tcp_proxy to one cluster.
+func tcpProxy(cluster string) *listenerv3.Filter {
+	return networkFilter("envoy.filters.network.tcp_proxy", &tcpv3.TcpProxy{
+		StatPrefix:       cluster,
+		ClusterSpecifier: &tcpv3.TcpProxy_Cluster{Cluster: cluster},
+	})
+}
+
+// weightedTCPProxy splits connections across clusters by weight; one
+// cluster degenerates to a plain tcp_proxy, as Istio emits it.
+func weightedTCPProxy(statPrefix string, clusters []string, weights []uint32) *listenerv3.Filter {
+	if len(clusters) == 1 {
+		return tcpProxy(clusters[0])
+	}
+	wc := &tcpv3.TcpProxy_WeightedCluster{}
+	for i, c := range clusters {
+		wc.Clusters = append(wc.Clusters, &tcpv3.TcpProxy_WeightedCluster_ClusterWeight{Name: c, Weight: weights[i]})
+	}
+	return networkFilter("envoy.filters.network.tcp_proxy", &tcpv3.TcpProxy{
+		StatPrefix:       statPrefix,
+		ClusterSpecifier: &tcpv3.TcpProxy_WeightedClusters{WeightedClusters: wc},
+	})
+}
+
+func networkFilter(name string, cfg proto.Message) *listenerv3.Filter {
+	return &listenerv3.Filter{Name: name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(cfg)}}
+}
+
+// httpFilters are Istio's HTTP filters that skiff-proxy runs: fault and
+// CORS (configured per route) before the router.
+func httpFilters() []*hcmv3.HttpFilter {
+	f := func(name string, m proto.Message) *hcmv3.HttpFilter {
+		return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(m)}}
+	}
+	return []*hcmv3.HttpFilter{
+		f(rds.FaultFilter, &faultv3.HTTPFault{}),
+		f(rds.CorsFilter, &corsv3.Cors{}),
+		f("envoy.filters.http.router", &routerv3.Router{}),
+	}
+}
+
+// hcmOptions vary the HTTP connection manager by direction.
+type hcmOptions struct {
+	statPrefix       string
+	rds              string                      // route configuration name, or
+	routeConfig      *routev3.RouteConfiguration // an inline one (inbound)
+	useRemoteAddress bool                        // gateways: the client is the peer
+	normalizePath    bool                        // inbound and gateways
+}
+
+// httpConnectionManager builds the HCM filter as Istio configures it for
+// the fields skiff-proxy implements.
+func httpConnectionManager(o hcmOptions) *listenerv3.Filter {
+	h := &hcmv3.HttpConnectionManager{
+		StatPrefix:        o.statPrefix,
+		HttpFilters:       httpFilters(),
+		UseRemoteAddress:  wrapperspb.Bool(o.useRemoteAddress),
+		GenerateRequestId: wrapperspb.Bool(true),
+		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
+	}
+	if o.normalizePath {
+		h.NormalizePath = wrapperspb.Bool(true)
+	}
+	if o.routeConfig != nil {
+		h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: o.routeConfig}
+	} else {
+		h.RouteSpecifier = &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			RouteConfigName: o.rds,
+			ConfigSource: &corev3.ConfigSource{
+				ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+				ResourceApiVersion:    corev3.ApiVersion_V3,
+			},
+		}}
+	}
+	return networkFilter("envoy.filters.network.http_connection_manager", h)
+}

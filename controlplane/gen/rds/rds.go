@@ -1,0 +1,271 @@
+// Package rds generates the RouteConfigurations (RDS) a proxy needs, as
+// Istio's istiod does: for sidecars one route configuration per outbound
+// HTTP port ("9080") with a virtual host per reachable service and the
+// VirtualServices applied; for gateways one per server port
+// ("http.8080", "https.443.https.gw.ns") with the VirtualServices bound
+// to the gateway; for proxyless gRPC clients one per "host:port".
+//
+// Output is shared between proxies that would get the same answer. The
+// cache key (within one index, i.e. one config version) is: proxy type
+// (and whether proxyless),
+// SidecarScope.Key() (namespace and Sidecar resource), the route name, and
+// the proxy's values of the labels some VirtualService matches
+// sourceLabels on (index.SourceLabelKeys), and the workload-selected
+// DestinationRules that apply to it (for consistent-hash policies);
+// gateways add their selected Gateway objects' names.
+package rds
+
+import (
+	"slices"
+	"strconv"
+	"strings"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	networking "istio.io/api/networking/v1alpha3"
+
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
+	"github.com/skiff-mesh/skiff/controlplane/model"
+	"github.com/skiff-mesh/skiff/controlplane/xds"
+)
+
+// Generate returns the route configurations named in names (all the
+// proxy's when names is nil), sorted by name. A name the proxy has no
+// route configuration for gets an empty one, as Istio sends, so a proxy
+// that asked for it does not wait for it forever. The messages are shared
+// with other proxies and must not be modified.
+func Generate(p *xds.Proxy, ix *index.Index, names []string) []xds.Resource {
+	if names == nil {
+		names = RouteNames(p, ix)
+	}
+	names = slices.Clone(names)
+	slices.Sort(names)
+	key := cacheKey(p, ix)
+	out := make([]xds.Resource, 0, len(names))
+	for _, name := range names {
+		v := ix.Cached("rds|"+key+"|"+name, func() any {
+			rc := build(p, ix, name)
+			if rc == nil {
+				rc = &routev3.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
+			}
+			return mustAny(rc)
+		}).(*anypb.Any)
+		out = append(out, xds.Resource{Name: name, Message: v})
+	}
+	return out
+}
+
+// cacheKey is what the route configurations depend on besides the name;
+// see the package doc.
+func cacheKey(p *xds.Proxy, ix *index.Index) string {
+	var b strings.Builder
+	b.WriteString(p.Type)
+	if p.Proxyless {
+		b.WriteString("/grpc")
+	}
+	b.WriteByte('|')
+	b.WriteString(ix.SidecarScope(p).Key())
+	for _, k := range ix.SourceLabelKeys() {
+		if v, ok := p.Labels[k]; ok {
+			b.WriteString("|" + k + "=" + v)
+		}
+	}
+	for _, g := range ix.Gateways(p) {
+		b.WriteString("|gw:" + index.GatewayName(g))
+	}
+	b.WriteString("|dr:" + ix.DestinationRuleSelectorKey(p.Namespace, p.Labels))
+	return b.String()
+}
+
+// RouteNames lists the route configurations the proxy's listeners refer
+// to, sorted.
+func RouteNames(p *xds.Proxy, ix *index.Index) []string {
+	var out []string
+	switch {
+	case p.Proxyless:
+		for _, svc := range ix.SidecarScope(p).Services() {
+			for _, sp := range svc.Ports {
+				out = append(out, svc.Hostname+":"+strconv.Itoa(sp.Port))
+			}
+		}
+	case p.Type == xds.RouterProxy:
+		for _, s := range GatewayServers(ix.Gateways(p)) {
+			if n := s.RouteName(); n != "" && !slices.Contains(out, n) {
+				out = append(out, n)
+			}
+		}
+	default:
+		for _, ps := range ix.SidecarScope(p).Ports() {
+			if HTTPPort(ps) {
+				out = append(out, strconv.Itoa(ps.Port))
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
+// HTTPPort reports whether a sidecar's outbound port carries HTTP: some
+// service on it is HTTP, or undeclared (sniffed, which may be HTTP).
+func HTTPPort(ps index.PortServices) bool {
+	for _, svc := range ps.Services {
+		if proto := svc.Port(ps.Port).Protocol; proto.IsHTTP() || proto.IsUnsupported() {
+			return true
+		}
+	}
+	return false
+}
+
+func build(p *xds.Proxy, ix *index.Index, name string) *routev3.RouteConfiguration {
+	if p.Type == xds.RouterProxy {
+		return buildGateway(p, ix, name)
+	}
+	if p.Proxyless {
+		return buildProxyless(p, ix, name)
+	}
+	port, err := strconv.Atoi(name)
+	if err != nil {
+		return nil
+	}
+	return buildSidecar(p, ix, port)
+}
+
+// buildSidecar is Istio's sidecar outbound route configuration for a port.
+func buildSidecar(p *xds.Proxy, ix *index.Index, port int) *routev3.RouteConfiguration {
+	scope := ix.SidecarScope(p)
+	var services []*model.Service
+	for _, ps := range scope.Ports() {
+		if ps.Port == port && HTTPPort(ps) {
+			services = ps.Services
+		}
+	}
+	vss := ix.VirtualServices(p, "mesh")
+	suffix := ix.Options().DomainSuffix
+	seen := map[string]bool{}
+	var vhosts []*routev3.VirtualHost
+	for _, svc := range services {
+		if sp := svc.Port(port); !sp.Protocol.IsHTTP() && !sp.Protocol.IsUnsupported() {
+			continue
+		}
+		vh := &routev3.VirtualHost{
+			Name:                       svc.Hostname + ":" + strconv.Itoa(port),
+			IncludeRequestAttemptCount: true,
+		}
+		for _, d := range domains(svc, p.Namespace, suffix) {
+			if !seen[d] {
+				seen[d] = true
+				vh.Domains = append(vh.Domains, d)
+			}
+		}
+		if len(vh.Domains) == 0 {
+			continue
+		}
+		vh.Routes = serviceRoutes(p, ix, vss, svc.Hostname, port, svc.Hostname+":"+strconv.Itoa(port)+"/*")
+		vhosts = append(vhosts, vh)
+	}
+	vhosts = append(vhosts, catchAllVirtualHost(scope.OutboundTrafficPolicy()))
+	return &routev3.RouteConfiguration{
+		Name:                           strconv.Itoa(port),
+		VirtualHosts:                   vhosts,
+		ValidateClusters:               wrapperspb.Bool(false),
+		IgnorePortInHostMatching:       true,
+		MaxDirectResponseBodySizeBytes: wrapperspb.UInt32(maxDirectResponseBody),
+	}
+}
+
+// serviceRoutes are the routes of a service's virtual host on a sidecar:
+// its VirtualService's, or, when it has none or none of its routes apply
+// to this proxy (as Istio falls back), the default route to the service.
+func serviceRoutes(p *xds.Proxy, ix *index.Index, vss []*config.Object, host string, port int, operation string) []*routev3.Route {
+	if vs := VirtualServiceFor(ix, vss, host); vs != nil {
+		routes := translateVirtualService(routeContext{
+			ix: ix, vs: vs, port: port, gateways: []string{"mesh"}, labels: p.Labels, proxyNS: p.Namespace,
+		})
+		if len(routes) > 0 {
+			return routes
+		}
+	}
+	cluster := index.OutboundCluster(port, "", host)
+	r := defaultRoute(cluster, operation)
+	r.GetRoute().HashPolicy = destinationHashPolicy(ix, p.Namespace, p.Labels, cluster)
+	return []*routev3.Route{r}
+}
+
+// VirtualServiceFor picks the VirtualService for a service host: the
+// first (oldest) naming it exactly, else the first whose wildcard host
+// covers it.
+func VirtualServiceFor(ix *index.Index, vss []*config.Object, host string) *config.Object {
+	var wildcard *config.Object
+	for _, o := range vss {
+		vs := o.Spec.(*networking.VirtualService)
+		for _, h := range vs.GetHosts() {
+			h = ix.ResolveHost(h, o.Meta.Namespace)
+			if h == host {
+				return o
+			}
+			if wildcard == nil && hostCovers(h, host) {
+				wildcard = o
+			}
+		}
+	}
+	return wildcard
+}
+
+// hostCovers reports whether pattern ("*", "*.example.com" or a name)
+// covers host (which may itself be a wildcard).
+func hostCovers(pattern, host string) bool {
+	switch {
+	case pattern == "*":
+		return true
+	case strings.HasPrefix(pattern, "*"):
+		return strings.HasSuffix(host, pattern[1:])
+	}
+	return pattern == host
+}
+
+// hostsIntersect reports whether two host patterns can name one host, and
+// returns the more specific of the two.
+func hostsIntersect(a, b string) (string, bool) {
+	switch {
+	case hostCovers(a, b):
+		return b, true
+	case hostCovers(b, a):
+		return a, true
+	}
+	return "", false
+}
+
+// buildProxyless is the route configuration of one "host:port" API
+// listener for a proxyless gRPC client, as Istio's grpcgen builds it: one
+// virtual host whose domains carry the port (gRPC matches its dial target
+// "host:port" against them), and gRPC's own timeout field.
+func buildProxyless(p *xds.Proxy, ix *index.Index, name string) *routev3.RouteConfiguration {
+	hostname, portStr, ok := strings.Cut(name, ":")
+	port, err := strconv.Atoi(portStr)
+	if !ok || err != nil {
+		return nil
+	}
+	var svc *model.Service
+	for _, s := range ix.SidecarScope(p).Services() {
+		if s.Hostname == hostname && s.Port(port) != nil {
+			svc = s
+		}
+	}
+	if svc == nil {
+		return nil
+	}
+	vh := &routev3.VirtualHost{Name: name}
+	for _, d := range domains(svc, p.Namespace, ix.Options().DomainSuffix) {
+		vh.Domains = append(vh.Domains, d, d+":"+portStr)
+	}
+	vh.Routes = serviceRoutes(p, ix, ix.VirtualServices(p, "mesh"), hostname, port, name+"/*")
+	for _, r := range vh.Routes {
+		if a := r.GetRoute(); a != nil {
+			a.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: a.GetTimeout()}
+			a.MaxGrpcTimeout = nil
+		}
+	}
+	return &routev3.RouteConfiguration{Name: name, VirtualHosts: []*routev3.VirtualHost{vh}}
+}
