@@ -154,9 +154,6 @@ func (s *Server) Run(ctx context.Context) error {
 		return nil
 	}
 	s.rebuild(config.Change{Version: s.store.Snapshot().Version})
-	for _, e := range s.store.Errors() {
-		s.log.Warn("config rejected", "error", e.Error())
-	}
 	go s.rebuildLoop(ctx)
 	go s.xds.Run(ctx)
 
