@@ -45,6 +45,7 @@ type adsServer struct {
 	mu       sync.Mutex
 	w1, w2   int    // route weights of the v1/v2 split
 	endpoint string // the address in every load assignment
+	junk     []byte // when set, CDS responses also carry a resource with these bytes
 	streams  []*adsStream
 }
 
@@ -103,6 +104,7 @@ func (s *adsServer) StreamAggregatedResources(stream discoveryv3.AggregatedDisco
 func (st *adsStream) respond(typeURL string) error {
 	st.srv.mu.Lock()
 	res := st.srv.resources(typeURL)
+	junk := st.srv.junk
 	st.srv.mu.Unlock()
 	st.mu.Lock()
 	st.nonce++
@@ -116,6 +118,9 @@ func (st *adsStream) respond(typeURL string) error {
 			return err
 		}
 		resp.Resources = append(resp.Resources, a)
+	}
+	if junk != nil && typeURL == xdsload.ClusterType {
+		resp.Resources = append(resp.Resources, &anypb.Any{TypeUrl: typeURL, Value: junk})
 	}
 	st.send.Lock()
 	defer st.send.Unlock()

@@ -157,3 +157,26 @@ func TestChangeTimeIncludesServerDelay(t *testing.T) {
 		t.Errorf("result named %q", res.What)
 	}
 }
+
+func TestUndecodableResourceIsCountedAndStillACKed(t *testing.T) {
+	srv := startADS(t)
+	srv.junk = []byte{0x0a, 0x50, 'x'} // field 1 claims 80 bytes, has 1
+	f := startFleet(t, srv.Addr, testPods(t, 1, 1), false)
+	decodeErrs, streamErrs, last := f.Proxies[0].Errors()
+	if decodeErrs != 1 || streamErrs != 0 {
+		t.Errorf("%d decode errors, %d stream errors; want 1 and 0", decodeErrs, streamErrs)
+	}
+	if want := "CDS version c1: decoding Cluster: "; !strings.HasPrefix(last, want) {
+		t.Errorf("last error %q, want it to start with %q", last, want)
+	}
+	// The good clusters were kept and the response ACKed, never NACKed.
+	st := f.Proxies[0].Status()
+	if st[0].Resources != 4 || st[0].ACKs != 1 {
+		t.Errorf("CDS status %+v, want 4 resources and 1 ACK", st[0])
+	}
+	for _, r := range srv.requests()[0] {
+		if r.GetErrorDetail() != nil {
+			t.Errorf("proxy NACKed: %s", describe(r))
+		}
+	}
+}

@@ -86,6 +86,10 @@ func Generate(dir string, spec Spec) (*Mesh, error) {
 	if spec.Port == 0 {
 		spec.Port = 8080
 	}
+	// Leftovers from another run would be served too and skew every count.
+	if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return nil, fmt.Errorf("config directory %s is not empty: give a new or empty directory, the load tool writes the whole mesh", dir)
+	}
 	m := &Mesh{Dir: dir, Spec: spec}
 	var ns strings.Builder
 	for i := 0; i < spec.Namespaces; i++ {

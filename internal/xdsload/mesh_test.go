@@ -144,3 +144,14 @@ func TestPodAddressesStayInRange(t *testing.T) {
 		t.Errorf("running out of addresses: %v", err)
 	}
 }
+
+func TestGenerateRefusesAUsedDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "old.yaml"), []byte("kind: Namespace\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := xdsload.Generate(dir, xdsload.Spec{Services: 1, Endpoints: 1, Namespaces: 1})
+	if err == nil || err.Error() != "config directory "+dir+" is not empty: give a new or empty directory, the load tool writes the whole mesh" {
+		t.Errorf("error %v", err)
+	}
+}

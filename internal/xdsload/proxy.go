@@ -172,7 +172,7 @@ func (p *Proxy) run(ctx context.Context, cc *grpc.ClientConn, delta bool) {
 type sender func(typeURL string, ack bool, names []string, unsubscribe []string) error
 
 func (p *Proxy) runSotW(ctx context.Context, cc *grpc.ClientConn) error {
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	stream, err := openStream(ctx, cc, sotwMethod)
 	if err != nil {
 		return err
 	}
@@ -185,29 +185,34 @@ func (p *Proxy) runSotW(ctx context.Context, cc *grpc.ClientConn) error {
 		if first {
 			req.Node, first = p.Node, false
 		}
-		return stream.Send(req)
+		return stream.SendMsg(req)
 	}
 	if err := p.start(send); err != nil {
 		return err
 	}
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
+		var b []byte
+		if err := stream.RecvMsg(&b); err != nil {
 			return err
 		}
 		now := time.Now()
-		var got []decoded
-		for _, a := range resp.GetResources() {
-			d, err := decode(resp.GetTypeUrl(), a.GetValue())
+		resp, err := parseSotW(b)
+		if err != nil {
+			// The nonce is unknown: nothing can be ACKed, as Envoy would fail.
+			return err
+		}
+		got := make([]decoded, 0, len(resp.resources))
+		for _, r := range resp.resources {
+			d, err := decode(resp.typeURL, r.value)
 			if err != nil {
-				p.fail(&p.decodeErrors, fmt.Errorf("%s version %s: %w", ShortType(resp.GetTypeUrl()), resp.GetVersionInfo(), err))
+				p.fail(&p.decodeErrors, fmt.Errorf("%s version %s: %w", ShortType(resp.typeURL), resp.version, err))
 				continue
 			}
 			got = append(got, d)
 		}
-		ver := unique.Make(resp.GetVersionInfo())
-		full := resp.GetTypeUrl() == ClusterType || resp.GetTypeUrl() == ListenerType
-		if err := p.apply(send, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), full, func(m map[unique.Handle[string]]resState) {
+		ver := unique.Make(resp.version)
+		full := resp.typeURL == ClusterType || resp.typeURL == ListenerType
+		if err := p.apply(send, resp.typeURL, resp.version, resp.nonce, full, func(m map[unique.Handle[string]]resState) {
 			for _, d := range got {
 				m[d.name] = resState{version: ver, at: now.UnixNano(), deps: d.deps}
 			}
@@ -218,7 +223,7 @@ func (p *Proxy) runSotW(ctx context.Context, cc *grpc.ClientConn) error {
 }
 
 func (p *Proxy) runDelta(ctx context.Context, cc *grpc.ClientConn) error {
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).DeltaAggregatedResources(ctx)
+	stream, err := openStream(ctx, cc, deltaMethod)
 	if err != nil {
 		return err
 	}
@@ -233,34 +238,38 @@ func (p *Proxy) runDelta(ctx context.Context, cc *grpc.ClientConn) error {
 		if first {
 			req.Node, first = p.Node, false
 		}
-		return stream.Send(req)
+		return stream.SendMsg(req)
 	}
 	if err := p.start(send); err != nil {
 		return err
 	}
 	for {
-		resp, err := stream.Recv()
-		if err != nil {
+		var b []byte
+		if err := stream.RecvMsg(&b); err != nil {
 			return err
 		}
 		now := time.Now()
+		resp, err := parseDelta(b)
+		if err != nil {
+			return err
+		}
 		type upd struct {
 			d   decoded
 			ver unique.Handle[string]
 		}
-		var ups []upd
-		var got []decoded
-		for _, r := range resp.GetResources() {
-			d, err := decode(resp.GetTypeUrl(), r.GetResource().GetValue())
+		ups := make([]upd, 0, len(resp.resources))
+		got := make([]decoded, 0, len(resp.resources))
+		for _, r := range resp.resources {
+			d, err := decode(resp.typeURL, r.value)
 			if err != nil {
-				p.fail(&p.decodeErrors, fmt.Errorf("%s resource %s: %w", ShortType(resp.GetTypeUrl()), r.GetName(), err))
+				p.fail(&p.decodeErrors, fmt.Errorf("%s resource %s: %w", ShortType(resp.typeURL), r.name, err))
 				continue
 			}
-			ups = append(ups, upd{d, unique.Make(r.GetVersion())})
+			ups = append(ups, upd{d, unique.Make(r.version)})
 			got = append(got, d)
 		}
-		removed := resp.GetRemovedResources()
-		if err := p.apply(send, resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce(), false, func(m map[unique.Handle[string]]resState) {
+		removed := resp.removed
+		if err := p.apply(send, resp.typeURL, resp.version, resp.nonce, false, func(m map[unique.Handle[string]]resState) {
 			for _, u := range ups {
 				m[u.d.name] = resState{version: u.ver, at: now.UnixNano(), deps: u.d.deps}
 			}
@@ -300,7 +309,7 @@ func (p *Proxy) apply(send sender, typeURL, version, nonce string, full bool, up
 		t.resources = make(map[unique.Handle[string]]resState, len(got))
 	}
 	update(t.resources)
-	var follow int = -1 // the type whose subscription this response drives
+	follow := -1 // the type whose subscription this response drives
 	var want []unique.Handle[string]
 	switch typeURL {
 	case ClusterType:
@@ -361,7 +370,7 @@ func (p *Proxy) apply(send sender, typeURL, version, nonce string, full bool, up
 // depsOf lists, sorted by name and deduplicated, what the held resources
 // depend on.
 func depsOf(m map[unique.Handle[string]]resState) []unique.Handle[string] {
-	var out []unique.Handle[string]
+	out := make([]unique.Handle[string], 0, len(m))
 	for _, r := range m {
 		out = append(out, r.deps...)
 	}

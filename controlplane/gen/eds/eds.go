@@ -317,9 +317,12 @@ func metadata(in *model.Instance) *corev3.Metadata {
 	return md
 }
 
+// parseLocality converts "region/zone/subzone". An unknown locality is an
+// empty one, never nil: Istio sends it so, and grpc-go's xDS client cannot
+// build its balancer tree from a locality-less group.
 func parseLocality(s string) *corev3.Locality {
 	if s == "" {
-		return nil
+		return &corev3.Locality{}
 	}
 	parts := strings.SplitN(s, "/", 3)
 	parts = append(parts, "", "")
