@@ -1,6 +1,7 @@
 // Package hcm owns the HTTP connection manager (Envoy's
 // envoy.filters.network.http_connection_manager): it serves downstream
-// HTTP/1.1, HTTP/2 over TLS and h2c connections, applies Envoy's request and
+// HTTP/1.x with its own codec (h1server.go) and HTTP/2 over TLS and h2c
+// with golang.org/x/net/http2, applies Envoy's request and
 // response header handling, runs the HTTP filter chain (fault, cors and
 // filters registered by other packages) and ends it with the router, which
 // forwards to upstream clusters with timeouts, retries, mirroring and
@@ -43,17 +44,21 @@ type Deps struct {
 type ConnectionManager struct {
 	cfg *config
 
-	h1   *http.Server
-	h1ln *chanListener
-	h2   *http2.Server
+	// HTTP/1 codec settings (h1server.go).
+	h1idle       time.Duration
+	h1hdrTimeout time.Duration
+	h1maxHdr     int
+
+	h2 *http2.Server
 	// h2base exists so Drain can reach every HTTP/2 connection: its
 	// shutdown hook (installed by http2.ConfigureServer) sends GOAWAY.
 	h2base *http.Server
 
 	draining atomic.Bool
 	closed   atomic.Bool
-	mu       sync.Mutex // guards conns; taken per connection, never per request
+	mu       sync.Mutex // guards conns and h1conns; taken per connection, never per request
 	conns    map[net.Conn]struct{}
+	h1conns  map[*h1conn]struct{} // guarded by mu; Drain closes the idle ones
 }
 
 // config is the compiled, immutable HttpConnectionManager.
@@ -96,7 +101,7 @@ func New(cfg *hcmv3.HttpConnectionManager, d Deps) (*ConnectionManager, error) {
 	if err != nil {
 		return nil, fmt.Errorf("http_connection_manager %q: %w", cfg.GetStatPrefix(), err)
 	}
-	cm := &ConnectionManager{cfg: c, conns: map[net.Conn]struct{}{}}
+	cm := &ConnectionManager{cfg: c, conns: map[net.Conn]struct{}{}, h1conns: map[*h1conn]struct{}{}}
 	idle := time.Hour
 	if t := cfg.GetCommonHttpProtocolOptions().GetIdleTimeout(); t != nil {
 		idle = t.AsDuration()
@@ -106,21 +111,9 @@ func New(cfg *hcmv3.HttpConnectionManager, d Deps) (*ConnectionManager, error) {
 		maxHdr = int(kb.GetValue()) << 10
 	}
 	errLog := log.New(io.Discard, "", 0)
-	cm.h1ln = newChanListener()
-	cm.h1 = &http.Server{
-		Handler:        cm,
-		IdleTimeout:    idle,
-		MaxHeaderBytes: maxHdr,
-		ErrorLog:       errLog,
-		ConnContext: func(ctx context.Context, nc net.Conn) context.Context {
-			if tc, ok := nc.(*trackedConn); ok {
-				return context.WithValue(ctx, connInfoKey{}, tc.ci)
-			}
-			return ctx
-		},
-	}
-	if t := cfg.GetRequestHeadersTimeout(); t != nil {
-		cm.h1.ReadHeaderTimeout = t.AsDuration()
+	cm.h1idle, cm.h1maxHdr, cm.h1hdrTimeout = idle, maxHdr, h1DefaultHeaderTimeout
+	if t := cfg.GetRequestHeadersTimeout(); t != nil && t.AsDuration() > 0 {
+		cm.h1hdrTimeout = t.AsDuration()
 	}
 	maxStreams := uint32(1024)
 	if v := cfg.GetHttp2ProtocolOptions().GetMaxConcurrentStreams(); v != nil && v.GetValue() > 0 {
@@ -138,7 +131,6 @@ func New(cfg *hcmv3.HttpConnectionManager, d Deps) (*ConnectionManager, error) {
 	if err := http2.ConfigureServer(cm.h2base, cm.h2); err != nil {
 		return nil, fmt.Errorf("http_connection_manager %q: http2_protocol_options: %w", cfg.GetStatPrefix(), err)
 	}
-	go cm.h1.Serve(cm.h1ln)
 	return cm, nil
 }
 
@@ -269,22 +261,28 @@ func (cm *ConnectionManager) ServeConn(c net.Conn, ci *core.ConnInfo) {
 		c, prior = sniffPreface(c)
 		h2 = prior
 	}
-	tc := &trackedConn{Conn: c, ci: ci, done: make(chan struct{})}
-	cm.track(tc, true)
-	defer cm.track(tc, false)
+	cm.track(c, true)
+	defer cm.track(c, false)
 	if h2 {
 		st.cxHTTP2.Inc()
 		ctx := context.WithValue(context.Background(), connInfoKey{}, ci)
-		cm.h2.ServeConn(tc, &http2.ServeConnOpts{Context: ctx, BaseConfig: cm.h2base, Handler: cm})
-		tc.Close()
+		cm.h2.ServeConn(c, &http2.ServeConnOpts{Context: ctx, BaseConfig: cm.h2base, Handler: cm})
+		c.Close()
 		return
 	}
 	st.cxHTTP1.Inc()
-	if !cm.h1ln.push(tc) {
-		tc.Close()
-		return
+	cm.serveH1(c, ci)
+}
+
+// trackH1 registers an HTTP/1 connection so Drain can close it when idle.
+func (cm *ConnectionManager) trackH1(c *h1conn, add bool) {
+	cm.mu.Lock()
+	defer cm.mu.Unlock()
+	if add {
+		cm.h1conns[c] = struct{}{}
+	} else {
+		delete(cm.h1conns, c)
 	}
-	<-tc.done
 }
 
 func (cm *ConnectionManager) track(c net.Conn, add bool) {
@@ -304,7 +302,17 @@ func (cm *ConnectionManager) Drain() {
 	if cm.draining.Swap(true) {
 		return
 	}
-	cm.h1.SetKeepAlivesEnabled(false)
+	cm.mu.Lock()
+	var idle []*h1conn
+	for c := range cm.h1conns {
+		if c.state.CompareAndSwap(h1Idle, h1Closed) {
+			idle = append(idle, c)
+		}
+	}
+	cm.mu.Unlock()
+	for _, c := range idle {
+		c.nc.Close()
+	}
 	// h2base has no listener or HTTP/1 connections: Shutdown only runs the
 	// GOAWAY hook and returns.
 	go cm.h2base.Shutdown(context.Background())
@@ -317,7 +325,6 @@ func (cm *ConnectionManager) Close() error {
 	if cm.closed.Swap(true) {
 		return nil
 	}
-	cm.h1.Close()
 	cm.mu.Lock()
 	conns := make([]net.Conn, 0, len(cm.conns))
 	for c := range cm.conns {
@@ -332,57 +339,6 @@ func (cm *ConnectionManager) Close() error {
 	}
 	return nil
 }
-
-// trackedConn lets ServeConn wait for net/http to finish with the
-// connection, and carries the ConnInfo into request contexts.
-type trackedConn struct {
-	net.Conn
-	ci   *core.ConnInfo
-	once sync.Once
-	done chan struct{}
-}
-
-func (c *trackedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(func() { close(c.done) })
-	return err
-}
-
-// chanListener feeds connections handed to ServeConn to the HTTP/1 server.
-type chanListener struct {
-	ch     chan net.Conn
-	closed chan struct{}
-	once   sync.Once
-}
-
-func newChanListener() *chanListener {
-	return &chanListener{ch: make(chan net.Conn), closed: make(chan struct{})}
-}
-
-func (l *chanListener) push(c net.Conn) bool {
-	select {
-	case l.ch <- c:
-		return true
-	case <-l.closed:
-		return false
-	}
-}
-
-func (l *chanListener) Accept() (net.Conn, error) {
-	select {
-	case c := <-l.ch:
-		return c, nil
-	case <-l.closed:
-		return nil, net.ErrClosed
-	}
-}
-
-func (l *chanListener) Close() error {
-	l.once.Do(func() { close(l.closed) })
-	return nil
-}
-
-func (l *chanListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
 
 const h2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 

@@ -22,6 +22,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
@@ -151,7 +152,8 @@ func (g *Generator) Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 
 // resource marshals a cluster once so every proxy shares the encoding.
 func resource(c *clusterv3.Cluster) xds.Resource {
-	a, err := anypb.New(c)
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, c, proto.MarshalOptions{Deterministic: true}) // equal config → equal bytes (delta versions, sharing)
 	if err != nil {
 		// Marshalling a well-formed generated message cannot fail.
 		panic(fmt.Sprintf("cds: marshal cluster %q: %v", c.GetName(), err))

@@ -8,6 +8,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	httpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -113,7 +114,8 @@ func (b *builder) commonLB() *clusterv3.Cluster_CommonLbConfig {
 func (b *builder) finish() {
 	b.c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{b.thresholds}}
 	if b.http != nil {
-		a, err := anypb.New(b.http)
+		a := &anypb.Any{}
+		err := anypb.MarshalFrom(a, b.http, proto.MarshalOptions{Deterministic: true}) // equal config → equal bytes (delta versions, sharing)
 		if err != nil {
 			panic(fmt.Sprintf("cds: marshal HttpProtocolOptions: %v", err))
 		}

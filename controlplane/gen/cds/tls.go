@@ -161,7 +161,8 @@ func rawSocket() *corev3.TransportSocket {
 }
 
 func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}) // equal config → equal bytes (delta versions, sharing)
 	if err != nil {
 		// Marshalling a well-formed generated message cannot fail.
 		panic(fmt.Sprintf("cds: marshal %T: %v", m, err))

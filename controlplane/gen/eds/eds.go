@@ -22,6 +22,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -212,7 +213,8 @@ func resolve(p *xds.Proxy, ix *index.Index, c *ixCache, name string) *entry {
 }
 
 func resource(cla *endpointv3.ClusterLoadAssignment) xds.Resource {
-	a, err := anypb.New(cla)
+	a := &anypb.Any{}
+	err := anypb.MarshalFrom(a, cla, proto.MarshalOptions{Deterministic: true}) // equal config → equal bytes (delta versions, sharing)
 	if err != nil {
 		// Marshalling a well-formed generated message cannot fail.
 		panic(fmt.Sprintf("eds: marshal %q: %v", cla.GetClusterName(), err))
