@@ -1,6 +1,8 @@
 package validation
 
 import (
+	"net/netip"
+
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/validation"
@@ -10,8 +12,24 @@ import (
 
 func init() {
 	register(config.Service, (*collector).service)
-	register(config.Pod, func(v *collector, p *corev1.Pod) { v.podSpec("spec", &p.Spec) })
+	register(config.Pod, (*collector).pod)
 	register(config.Deployment, (*collector).deployment)
+}
+
+func (v *collector) pod(p *corev1.Pod) {
+	v.podSpec("spec", &p.Spec)
+	// The address becomes an endpoint: a malformed one would surface much
+	// later as "no healthy upstream", far from its cause.
+	if ip := p.Status.PodIP; ip != "" {
+		if _, err := netip.ParseAddr(ip); err != nil {
+			v.add("status.podIP", "%q is not an IP address; write an IPv4 or IPv6 address such as 198.18.0.7", ip)
+		}
+	}
+	for i, pi := range p.Status.PodIPs {
+		if _, err := netip.ParseAddr(pi.IP); err != nil {
+			v.add(field(idx("status.podIPs", i), "ip"), "%q is not an IP address; write an IPv4 or IPv6 address such as 198.18.0.7", pi.IP)
+		}
+	}
 }
 
 // portNameRule is Kubernetes' IANA_SVC_NAME rule for container port names.

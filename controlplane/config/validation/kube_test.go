@@ -26,6 +26,15 @@ spec: {ports: [{port: 80}]}
 `, []string{`metadata.name: "9lives" is not a valid Service name; use at most 63 lowercase letters, digits or '-', starting with a letter and ending with a letter or digit`}},
 		{"pod without command warns", podDoc("containers:\n- name: app\n  image: example/app\n"), []string{
 			"warning: spec.containers[0].command: is empty; the local mesh (skiff up) runs a container's command as a process and will not start this one; Kubernetes runs the image's entrypoint"}},
+		{"pod address", `apiVersion: v1
+kind: Pod
+metadata: {name: p}
+spec: {containers: [{name: app, command: [/bin/app]}]}
+status: {podIP: 127.0.2.2.1, podIPs: [{ip: 198.18.0.7}, {ip: nope}]}
+`, []string{
+			`status.podIP: "127.0.2.2.1" is not an IP address; write an IPv4 or IPv6 address such as 198.18.0.7`,
+			`status.podIPs[1].ip: "nope" is not an IP address; write an IPv4 or IPv6 address such as 198.18.0.7`,
+		}},
 		{"deployment", depDoc(`selector: {matchLabels: {app: a}}
 template:
   metadata: {labels: {app: b}}
