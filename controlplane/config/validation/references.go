@@ -161,35 +161,32 @@ func (ix *index) virtualServiceRefs(v *collector, o *config.Object, vs *networki
 		}
 	}
 	for i, r := range vs.Tls {
-		if r == nil {
-			continue
-		}
-		p := idx("spec.tls", i)
-		for j, m := range r.Match {
-			if m != nil {
-				ix.gatewayRefs(v, ns, field(idx(field(p, "match"), j), "gateways"), m.Gateways)
-			}
-		}
-		for j, d := range r.Route {
-			if d != nil {
-				ix.destinationRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
-			}
+		if r != nil {
+			l4Refs(ix, v, ns, idx("spec.tls", i), r.Match, r.Route)
 		}
 	}
 	for i, r := range vs.Tcp {
-		if r == nil {
-			continue
+		if r != nil {
+			l4Refs(ix, v, ns, idx("spec.tcp", i), r.Match, r.Route)
 		}
-		p := idx("spec.tcp", i)
-		for j, m := range r.Match {
-			if m != nil {
-				ix.gatewayRefs(v, ns, field(idx(field(p, "match"), j), "gateways"), m.Gateways)
-			}
+	}
+}
+
+// l4Refs checks a tls or tcp route's gateways and destinations; the two
+// kinds differ only in their match type.
+func l4Refs[M interface {
+	comparable
+	GetGateways() []string
+}](ix *index, v *collector, ns, p string, matches []M, routes []*networking.RouteDestination) {
+	var none M
+	for j, m := range matches {
+		if m != none {
+			ix.gatewayRefs(v, ns, field(idx(field(p, "match"), j), "gateways"), m.GetGateways())
 		}
-		for j, d := range r.Route {
-			if d != nil {
-				ix.destinationRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
-			}
+	}
+	for j, d := range routes {
+		if d != nil {
+			ix.destinationRef(v, ns, field(idx(field(p, "route"), j), "destination"), d.Destination)
 		}
 	}
 }
