@@ -15,12 +15,15 @@ import (
 // feeds; anything else is a full push.
 func classify(c config.Change, snap *config.Snapshot, prev, next *model.Registry) *xds.PushRequest {
 	req := &xds.PushRequest{Types: map[string]bool{}}
+	trace := len(c.Keys) <= maxTracedKeys
 	for _, k := range c.Keys {
 		ck := xds.ConfigKey{Kind: k.Kind.Kind, Namespace: k.Namespace, Name: k.Name}
 		if o := snap.Get(k); o != nil {
 			ck.ResourceVersion = o.Meta.ResourceVersion // traceable: which proxies ACKed this version
 		}
-		req.ConfigsUpdated = append(req.ConfigsUpdated, ck)
+		if trace {
+			req.ConfigsUpdated = append(req.ConfigsUpdated, ck)
+		}
 		switch k.Kind {
 		case config.Pod, config.EndpointSlice, config.WorkloadEntry:
 			req.Types[gen.EndpointType] = true
@@ -69,3 +72,9 @@ func sameServices(a, b *model.Registry) bool {
 	}
 	return true
 }
+
+// maxTracedKeys bounds the config keys a push carries for tracing: every
+// proxy records each key's version per xDS type, so a push listing the whole
+// mesh (the first load, a directory swapped wholesale) would cost memory per
+// proxy per object. Such pushes are traced by their config version alone.
+const maxTracedKeys = 100

@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"sync"
 	"time"
 
@@ -164,10 +165,17 @@ func (s *Server) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("xDS server: %w", err)
 		}
 	}()
-	mon := &http.Server{Handler: debug.Handler(debug.Options{
+	mux := http.NewServeMux()
+	mux.Handle("/", debug.Handler(debug.Options{
 		XDS: s.xds, Configz: s.configz, Ready: s.readyErr,
 		Metrics: prometheus.Gatherers{s.xds.Registry(), prometheus.DefaultGatherer},
-	}), ReadHeaderTimeout: 10 * time.Second}
+	}))
+	// Go's profiler, for the scale work (istiod serves it on 15014 too).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mon := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := mon.Serve(s.monLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			errc <- fmt.Errorf("monitoring server: %w", err)
