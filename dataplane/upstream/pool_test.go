@@ -322,6 +322,10 @@ func TestCircuitBreakerOverflow(t *testing.T) {
 					ok.Add(1)
 				case errors.As(r.err, &ue) && ue.Kind == core.Overflow:
 					overflow.Add(1)
+					// A real client's next request is not instantaneous;
+					// without a pause the overflowing clients spend all
+					// their requests while one request is in service.
+					time.Sleep(5 * time.Millisecond)
 				default:
 					other.Add(1)
 				}
