@@ -39,18 +39,8 @@ func (c *converter) httpRules(o *config.Object, rules []gatewayv1.HTTPRouteRule,
 		if msg := c.applyBackends(o, base, r.BackendRefs, path, enforce, &set); msg != "" {
 			return ruleSet{invalid: msg}
 		}
-		if len(r.Matches) == 0 {
-			set.http = append(set.http, base)
-			continue
-		}
-		for j, m := range r.Matches {
-			mr, msg := httpMatch(m, fmt.Sprintf("%s.matches[%d]", path, j))
-			if msg != "" {
-				return ruleSet{invalid: msg}
-			}
-			rt := base.DeepCopy()
-			rt.Match = []*networking.HTTPMatchRequest{mr}
-			set.http = append(set.http, rt)
+		if msg := expandMatches(&set, base, r.Matches, path, httpMatch); msg != "" {
+			return ruleSet{invalid: msg}
 		}
 	}
 	return set
@@ -77,21 +67,33 @@ func (c *converter) grpcRules(o *config.Object, rules []gatewayv1.GRPCRouteRule,
 		if msg := c.applyBackends(o, base, backends, path, enforce, &set); msg != "" {
 			return ruleSet{invalid: msg}
 		}
-		if len(r.Matches) == 0 {
-			set.http = append(set.http, base)
-			continue
-		}
-		for j, m := range r.Matches {
-			mr, msg := grpcMatch(m, fmt.Sprintf("%s.matches[%d]", path, j))
-			if msg != "" {
-				return ruleSet{invalid: msg}
-			}
-			rt := base.DeepCopy()
-			rt.Match = []*networking.HTTPMatchRequest{mr}
-			set.http = append(set.http, rt)
+		if msg := expandMatches(&set, base, r.Matches, path, grpcMatch); msg != "" {
+			return ruleSet{invalid: msg}
 		}
 	}
 	return set
+}
+
+// expandMatches adds one Istio route per Gateway API match, or base itself
+// when the rule has none. Each copy keeps a single match so that the
+// precedence sort can order them one by one, as the Gateway API orders
+// matches rather than rules.
+func expandMatches[M any](set *ruleSet, base *networking.HTTPRoute, matches []M, path string,
+	conv func(M, string) (*networking.HTTPMatchRequest, string)) string {
+	if len(matches) == 0 {
+		set.http = append(set.http, base)
+		return ""
+	}
+	for j, m := range matches {
+		mr, msg := conv(m, fmt.Sprintf("%s.matches[%d]", path, j))
+		if msg != "" {
+			return msg
+		}
+		rt := base.DeepCopy()
+		rt.Match = []*networking.HTTPMatchRequest{mr}
+		set.http = append(set.http, rt)
+	}
+	return ""
 }
 
 // routeName names an Istio route "<namespace>.<route>.<rule name or index>",
