@@ -5,6 +5,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"github.com/skiff-mesh/skiff/internal/testing/proxytest"
+	"github.com/skiff-mesh/skiff/internal/testing/xdsres"
 	"io"
 	"log/slog"
 	"net"
@@ -16,7 +18,6 @@ import (
 	"time"
 
 	"github.com/skiff-mesh/skiff/controlplane/server"
-	"github.com/skiff-mesh/skiff/dataplane/proxy"
 )
 
 // backend serves HTTP on addr, naming itself.
@@ -154,42 +155,8 @@ func TestSkiffdDrivesGatewayFromFiles(t *testing.T) {
 		}
 	}()
 
-	host, xport, _ := net.SplitHostPort(cp.XDSAddr().String())
-	boot := fmt.Sprintf(`node:
-  id: router~127.0.0.1~ingress-1.default~default.svc.cluster.local
-  cluster: ingress
-  metadata: {NAMESPACE: default, LABELS: {istio: ingressgateway}}
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
-dynamic_resources:
-  ads_config: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}
-  cds_config: {ads: {}, resource_api_version: V3}
-  lds_config: {ads: {}, resource_api_version: V3}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]
-`, host, xport)
-	bootPath := filepath.Join(t.TempDir(), "bootstrap.yaml")
-	write(t, filepath.Dir(bootPath), "bootstrap.yaml", boot)
-	p, err := proxy.New(proxy.Options{ConfigPath: bootPath, DrainTime: 100 * time.Millisecond, Logger: log})
-	if err != nil {
-		t.Fatal(err)
-	}
-	pDone := make(chan error, 1)
-	go func() { pDone <- p.Run(ctx) }()
-	defer func() { cancel(); <-pDone }()
-	select {
-	case <-p.Ready():
-	case <-time.After(10 * time.Second):
-		t.Fatal("gateway proxy not ready within 10s")
-	}
+	proxytest.Start(t, xdsres.ADSBootstrap(cp.XDSAddr().String(),
+		"router~127.0.0.1~ingress-1.default~default.svc.cluster.local", "{NAMESPACE: default, LABELS: {istio: ingressgateway}}", false))
 
 	url := fmt.Sprintf("http://127.0.0.1:%d/reviews/1", port)
 	call := func(user string) string {

@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"github.com/skiff-mesh/skiff/internal/testing/proxytest"
+	"github.com/skiff-mesh/skiff/internal/testing/xdsres"
 	"io"
 	"log/slog"
 	"math"
@@ -84,47 +86,7 @@ func sample(t *testing.T, rel string) string {
 func (m *trafficMesh) proxy(nodeID, metadata string) *proxy.Proxy {
 	t := m.t
 	t.Helper()
-	host, xport, _ := net.SplitHostPort(m.cp.XDSAddr().String())
-	boot := fmt.Sprintf(`node:
-  id: %s
-  cluster: test
-  metadata: %s
-admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
-dynamic_resources:
-  ads_config: {api_type: GRPC, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}
-  cds_config: {ads: {}, resource_api_version: V3}
-  lds_config: {ads: {}, resource_api_version: V3}
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: {http2_protocol_options: {}}
-    load_assignment:
-      cluster_name: xds
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]
-`, nodeID, metadata, host, xport)
-	bootDir := t.TempDir()
-	write(t, bootDir, "bootstrap.yaml", boot)
-	p, err := proxy.New(proxy.Options{ConfigPath: filepath.Join(bootDir, "bootstrap.yaml"), DrainTime: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(m.ctx)
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-	select {
-	case <-p.Ready():
-	case err := <-done:
-		t.Fatalf("proxy %s exited: %v", nodeID, err)
-	case <-time.After(10 * time.Second):
-		t.Fatalf("proxy %s not ready within 10s", nodeID)
-	}
-	return p
+	return proxytest.Start(t, xdsres.ADSBootstrap(m.cp.XDSAddr().String(), nodeID, metadata, false))
 }
 
 // ingress starts an ingress gateway proxy selected by {istio: ingressgateway}.

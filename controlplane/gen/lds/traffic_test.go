@@ -1,14 +1,11 @@
 package lds
 
 import (
-	"context"
 	"fmt"
+	"github.com/skiff-mesh/skiff/internal/testing/proxytest"
 	"io"
-	"log/slog"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -20,7 +17,6 @@ import (
 
 	"github.com/skiff-mesh/skiff/controlplane/gen/index/indextest"
 	"github.com/skiff-mesh/skiff/controlplane/gen/rds"
-	"github.com/skiff-mesh/skiff/dataplane/proxy"
 	"github.com/skiff-mesh/skiff/internal/testing/xdsres"
 	"github.com/skiff-mesh/skiff/internal/testing/xdsserver"
 )
@@ -66,7 +62,7 @@ func TestGatewayTraffic(t *testing.T) {
 	}
 	xds := xdsserver.Start(t)
 	xds.Set(t, res...)
-	p := startProxy(t, xds.Bootstrap(false))
+	p := proxytest.Start(t, xds.Bootstrap(false))
 	addr := p.ListenerAddr(ls[0].GetName())
 	if addr == nil {
 		t.Fatalf("listener %q not running", ls[0].GetName())
@@ -122,35 +118,4 @@ func TestGatewayTraffic(t *testing.T) {
 			t.Errorf("header set: backend saw x-from %q, want %q", resp.Header.Get("x-seen-from"), c.extra)
 		}
 	}
-}
-
-// startProxy runs skiff-proxy from a bootstrap until the test ends.
-func startProxy(t *testing.T, bootstrapYAML string) *proxy.Proxy {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "bootstrap.yaml")
-	if err := os.WriteFile(path, []byte(bootstrapYAML), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	p, err := proxy.New(proxy.Options{ConfigPath: path, DrainTime: 100 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- p.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy Run: %v", err)
-		}
-	})
-	select {
-	case <-p.Ready():
-	case err := <-done:
-		t.Fatalf("proxy stopped before ready: %v", err)
-	case <-time.After(10 * time.Second):
-		t.Fatal("proxy not ready within 10s")
-	}
-	return p
 }

@@ -4,6 +4,7 @@
 package xdsres
 
 import (
+	"fmt"
 	"net"
 	"strconv"
 	"time"
@@ -147,3 +148,40 @@ func WeightedRoute(prefix string, weights map[string]uint32) *routev3.Route {
 }
 
 func wrapU32(v uint32) *wrapperspb.UInt32Value { return wrapperspb.UInt32(v) }
+
+// ADSBootstrap is an Envoy v3 bootstrap that points a proxy at the xDS
+// server on xdsAddr over ADS (delta when asked), as node nodeID with the
+// given node metadata (a YAML flow map, "{}" for none), with the admin API
+// on a free loopback port.
+func ADSBootstrap(xdsAddr, nodeID, metadata string, delta bool) string {
+	api := "GRPC"
+	if delta {
+		api = "DELTA_GRPC"
+	}
+	host, port, err := net.SplitHostPort(xdsAddr)
+	if err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf(`node:
+  id: %s
+  cluster: test
+  metadata: %s
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
+dynamic_resources:
+  ads_config: {api_type: %s, transport_api_version: V3, grpc_services: [{envoy_grpc: {cluster_name: xds}}]}
+  cds_config: {ads: {}, resource_api_version: V3}
+  lds_config: {ads: {}, resource_api_version: V3}
+static_resources:
+  clusters:
+  - name: xds
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: xds
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: %s, port_value: %s}}}}]}]
+`, nodeID, metadata, api, host, port)
+}

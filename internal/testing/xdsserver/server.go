@@ -6,7 +6,6 @@ package xdsserver
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"strconv"
 	"sync"
@@ -19,6 +18,8 @@ import (
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/skiff-mesh/skiff/internal/testing/xdsres"
 )
 
 // NodeID is the node id test bootstraps use.
@@ -173,35 +174,5 @@ func (s *Server) WaitFor(t T, d time.Duration, what string, ok func(Response) bo
 // Bootstrap returns an Envoy v3 bootstrap (YAML) that points a proxy at this
 // server over ADS, with the admin API on a free loopback port.
 func (s *Server) Bootstrap(delta bool) string {
-	api := "GRPC"
-	if delta {
-		api = "DELTA_GRPC"
-	}
-	host, port, _ := net.SplitHostPort(s.Addr)
-	return fmt.Sprintf(`node: { id: %s, cluster: test }
-admin:
-  address: { socket_address: { address: 127.0.0.1, port_value: 0 } }
-dynamic_resources:
-  ads_config:
-    api_type: %s
-    transport_api_version: V3
-    grpc_services:
-    - envoy_grpc: { cluster_name: xds }
-  cds_config: { ads: {}, resource_api_version: V3 }
-  lds_config: { ads: {}, resource_api_version: V3 }
-static_resources:
-  clusters:
-  - name: xds
-    type: STATIC
-    connect_timeout: 1s
-    typed_extension_protocol_options:
-      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
-        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
-        explicit_http_config: { http2_protocol_options: {} }
-    load_assignment:
-      cluster_name: xds
-      endpoints:
-      - lb_endpoints:
-        - endpoint: { address: { socket_address: { address: %s, port_value: %s } } }
-`, NodeID, api, host, port)
+	return xdsres.ADSBootstrap(s.Addr, NodeID, "{}", delta)
 }
