@@ -3,6 +3,7 @@ package xds
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -43,6 +44,13 @@ type Proxy struct {
 	// Proxyless is set for gRPC clients that use xDS directly (GENERATOR
 	// "grpc", as istio-agent writes it into a proxyless bootstrap).
 	Proxyless bool
+	// InterceptionMode is how traffic reaches the proxy (INTERCEPTION_MODE:
+	// "REDIRECT", "TPROXY" or "NONE"). With NONE nothing is captured: the
+	// proxy binds its listeners on its own IP instead of capture ports.
+	InterceptionMode string
+	// HTTPProxyPort, from HTTP_PROXY_PORT, asks for an explicit HTTP proxy
+	// listener on that port (applications set HTTP_PROXY to it).
+	HTTPProxyPort int
 	// Locality is the node's locality, if it sent one.
 	Locality *corev3.Locality
 	// Metadata is the node metadata as sent, for fields not parsed above.
@@ -117,6 +125,19 @@ func ParseNode(node *corev3.Node) (*Proxy, error) {
 	p.Network = str("NETWORK")
 	p.MeshID = str("MESH_ID")
 	p.Proxyless = str("GENERATOR") == "grpc"
+	p.InterceptionMode = str("INTERCEPTION_MODE")
+	switch p.InterceptionMode {
+	case "", "REDIRECT", "TPROXY", "NONE":
+	default:
+		return nil, fmt.Errorf("node %q: INTERCEPTION_MODE %q: want REDIRECT, TPROXY or NONE", node.GetId(), p.InterceptionMode)
+	}
+	if s := str("HTTP_PROXY_PORT"); s != "" {
+		port, err := strconv.Atoi(s)
+		if err != nil || port < 1 || port > 65535 {
+			return nil, fmt.Errorf("node %q: HTTP_PROXY_PORT %q is not a port number (1-65535)", node.GetId(), s)
+		}
+		p.HTTPProxyPort = port
+	}
 	var err error
 	if p.Labels, err = stringMap(md, "LABELS"); err != nil {
 		return nil, fmt.Errorf("node %q: %w", node.GetId(), err)
@@ -146,4 +167,18 @@ func stringMap(md map[string]*structpb.Value, key string) (map[string]string, er
 		out[k] = sv.StringValue
 	}
 	return out, nil
+}
+
+// Captured reports whether traffic reaches the proxy by redirection (the
+// capture listeners 15001 and 15006 are then used).
+func (p *Proxy) Captured() bool { return p.InterceptionMode != "NONE" }
+
+// BindAddress is where the proxy's own listeners bind: every address when
+// traffic is captured (each pod has its own network), its own IP when not
+// (proxies then share the host's network, one loopback address each).
+func (p *Proxy) BindAddress() string {
+	if p.Captured() || len(p.IPs) == 0 {
+		return "0.0.0.0"
+	}
+	return p.IPs[0]
 }

@@ -42,10 +42,11 @@ func gatewayListeners(p *xds.Proxy, ix *index.Index) []*listenerv3.Listener {
 }
 
 func gatewayListener(p *xds.Proxy, ix *index.Index, port int, servers []rds.Server) *listenerv3.Listener {
-	name := "0.0.0.0_" + strconv.Itoa(port)
+	ip := p.BindAddress()
+	name := ip + "_" + strconv.Itoa(port)
 	l := &listenerv3.Listener{
 		Name:             name,
-		Address:          socketAddress("0.0.0.0", port),
+		Address:          socketAddress(ip, port),
 		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
 	}
 	seen := map[string]bool{}

@@ -57,6 +57,11 @@ func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 			ls = proxylessListeners(p, ix)
 		case p.Type == xds.RouterProxy:
 			ls = gatewayListeners(p, ix)
+		case !p.Captured():
+			// Nothing is redirected to this proxy: no capture listeners;
+			// applications reach it as an explicit HTTP proxy, and
+			// Sidecar egress listeners with a port bind where they say.
+			ls = outboundListeners(p, ix)
 		default:
 			ls = append(outboundListeners(p, ix), inboundListener(p, ix))
 		}
@@ -78,6 +83,9 @@ func cacheKey(p *xds.Proxy, ix *index.Index) string {
 	}
 	b.WriteByte('|')
 	b.WriteString(ix.SidecarScope(p).Key())
+	if !p.Captured() {
+		b.WriteString("|bind:" + p.BindAddress() + "|http_proxy:" + strconv.Itoa(p.HTTPProxyPort))
+	}
 	if p.Type != xds.RouterProxy {
 		for _, in := range inboundPorts(p, ix) {
 			b.WriteString("|in:" + strconv.Itoa(in.port) + "/" + string(in.protocol) + "/" + in.host)

@@ -25,12 +25,38 @@ func outboundListeners(p *xds.Proxy, ix *index.Index) []*listenerv3.Listener {
 	if scope.OutboundTrafficPolicy() == "REGISTRY_ONLY" {
 		fallback = index.BlackHoleCluster
 	}
-	out := []*listenerv3.Listener{virtualOutbound(fallback)}
+	var out []*listenerv3.Listener
+	if p.Captured() {
+		out = append(out, virtualOutbound(fallback))
+	}
+	if p.HTTPProxyPort > 0 {
+		out = append(out, httpProxyListener(p))
+	}
 	vss := ix.VirtualServices(p, "mesh")
 	for _, ps := range scope.Ports() {
 		out = append(out, portListeners(p, ix, ps, vss, fallback)...)
 	}
 	return out
+}
+
+// httpProxyListener is Istio's HTTP_PROXY_PORT listener: applications
+// that set HTTP_PROXY to it send absolute-form requests, routed by host
+// and port across every service the proxy sees (route "http_proxy"). It
+// binds the proxy's own address, as nothing is redirected to it.
+func httpProxyListener(p *xds.Proxy) *listenerv3.Listener {
+	ip := p.BindAddress()
+	if p.Captured() {
+		ip = "127.0.0.1" // inside the pod's own network, as Istio binds it
+	}
+	name := ip + "_" + strconv.Itoa(p.HTTPProxyPort)
+	return &listenerv3.Listener{
+		Name:             name,
+		Address:          socketAddress(ip, p.HTTPProxyPort),
+		TrafficDirection: corev3.TrafficDirection_OUTBOUND,
+		FilterChains: []*listenerv3.FilterChain{{
+			Filters: []*listenerv3.Filter{httpConnectionManager(hcmOptions{statPrefix: "outbound_" + name, rds: rds.HTTPProxyRoute})},
+		}},
+	}
 }
 
 // virtualOutbound is Istio's capture listener: connections redirected to

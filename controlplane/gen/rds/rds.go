@@ -102,6 +102,9 @@ func RouteNames(p *xds.Proxy, ix *index.Index) []string {
 				out = append(out, strconv.Itoa(ps.Port))
 			}
 		}
+		if p.HTTPProxyPort > 0 {
+			out = append(out, HTTPProxyRoute)
+		}
 	}
 	slices.Sort(out)
 	return out
@@ -125,11 +128,65 @@ func build(p *xds.Proxy, ix *index.Index, name string) *routev3.RouteConfigurati
 	if p.Proxyless {
 		return buildProxyless(p, ix, name)
 	}
+	if name == HTTPProxyRoute {
+		return buildHTTPProxy(p, ix)
+	}
 	port, err := strconv.Atoi(name)
 	if err != nil {
 		return nil
 	}
 	return buildSidecar(p, ix, port)
+}
+
+// HTTPProxyRoute names the route configuration of a sidecar's explicit
+// HTTP proxy listener (Istio's RDSHttpProxy).
+const HTTPProxyRoute = "http_proxy"
+
+// buildHTTPProxy is the route configuration behind HTTP_PROXY_PORT: one
+// virtual host per service and HTTP port, matched by host and port
+// together since requests of every port arrive on one listener (port 80
+// also by bare host, as clients leave the default port out). Unknown
+// hosts get 502: with nothing captured there is no original destination
+// to pass them through to.
+func buildHTTPProxy(p *xds.Proxy, ix *index.Index) *routev3.RouteConfiguration {
+	scope := ix.SidecarScope(p)
+	vss := ix.VirtualServices(p, "mesh")
+	suffix := ix.Options().DomainSuffix
+	seen := map[string]bool{}
+	var vhosts []*routev3.VirtualHost
+	for _, ps := range scope.Ports() {
+		if !HTTPPort(ps) {
+			continue
+		}
+		port := strconv.Itoa(ps.Port)
+		for _, svc := range ps.Services {
+			if sp := svc.Port(ps.Port); !sp.Protocol.IsHTTP() && !sp.Protocol.IsUnsupported() {
+				continue
+			}
+			vh := &routev3.VirtualHost{Name: svc.Hostname + ":" + port, IncludeRequestAttemptCount: true}
+			for _, d := range domains(svc, p.Namespace, suffix) {
+				for _, dp := range []string{d + ":" + port, d} {
+					if (dp == d && ps.Port != 80) || seen[dp] {
+						continue
+					}
+					seen[dp] = true
+					vh.Domains = append(vh.Domains, dp)
+				}
+			}
+			if len(vh.Domains) == 0 {
+				continue
+			}
+			vh.Routes = serviceRoutes(p, ix, vss, svc.Hostname, ps.Port, vh.Name+"/*")
+			vhosts = append(vhosts, vh)
+		}
+	}
+	vhosts = append(vhosts, catchAllVirtualHost("REGISTRY_ONLY"))
+	return &routev3.RouteConfiguration{
+		Name:                           HTTPProxyRoute,
+		VirtualHosts:                   vhosts,
+		ValidateClusters:               wrapperspb.Bool(false),
+		MaxDirectResponseBodySizeBytes: wrapperspb.UInt32(maxDirectResponseBody),
+	}
 }
 
 // buildSidecar is Istio's sidecar outbound route configuration for a port.
