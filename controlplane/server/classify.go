@@ -1,6 +1,7 @@
 package server
 
 import (
+	"maps"
 	"slices"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
@@ -43,6 +44,7 @@ func classify(c config.Change, snap *config.Snapshot, prev, next *model.Registry
 	case len(req.Types) == 1 && req.Types[gen.EndpointType]:
 		if sameServices(prev, next) {
 			req.Reason = "endpoint"
+			req.EndpointsOf = changedEndpoints(prev, next)
 		} else {
 			req.Full, req.Types, req.Reason = true, nil, "service"
 		}
@@ -78,3 +80,37 @@ func sameServices(a, b *model.Registry) bool {
 // mesh (the first load, a directory swapped wholesale) would cost memory per
 // proxy per object. Such pushes are traced by their config version alone.
 const maxTracedKeys = 100
+
+// changedEndpoints names the services (by host name) whose endpoints
+// differ between two registries holding the same services, so an
+// endpoint change sends only their ClusterLoadAssignments.
+func changedEndpoints(prev, next *model.Registry) map[string]bool {
+	out := map[string]bool{}
+	ps, ns := prev.Services(), next.Services()
+	for i, s := range ns {
+		for _, p := range s.Ports {
+			if !sameInstances(prev.Instances(ps[i], p.Port), next.Instances(s, p.Port)) {
+				out[s.Hostname] = true
+				break
+			}
+		}
+	}
+	return out
+}
+
+// sameInstances compares what a ClusterLoadAssignment is made of.
+func sameInstances(a, b []*model.Instance) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		x, y := a[i], b[i]
+		if x.Address != y.Address || x.Port != y.Port || x.Healthy != y.Healthy || x.Terminating != y.Terminating ||
+			x.Weight != y.Weight || x.Locality != y.Locality || x.ServiceAccount != y.ServiceAccount ||
+			x.Identity != y.Identity || x.TLSMode != y.TLSMode || x.Network != y.Network || x.Workload != y.Workload ||
+			x.Namespace != y.Namespace || !maps.Equal(x.Labels, y.Labels) {
+			return false
+		}
+	}
+	return true
+}

@@ -44,6 +44,9 @@ type Options struct {
 	// LocalMesh: every workload runs with a sidecar unless it opts out
 	// (Kubernetes mode reads the injector's marks instead).
 	LocalMesh bool
+	// Transform rewrites or drops (nil) each object read from ConfigDir
+	// before it is stored; see file.Options.Transform.
+	Transform func(*config.Object) *config.Object
 	Logger    *slog.Logger
 }
 
@@ -124,7 +127,7 @@ func (s *Server) Store() *config.Store { return s.store }
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	src := file.New(s.o.ConfigDir, file.Options{Log: s.log})
+	src := file.New(s.o.ConfigDir, file.Options{Log: s.log, Transform: s.o.Transform})
 	errc := make(chan error, 4)
 	go func() {
 		if err := src.Run(ctx, s.store); err != nil && ctx.Err() == nil {
@@ -158,7 +161,8 @@ func (s *Server) Run(ctx context.Context) error {
 	go s.rebuildLoop(ctx)
 	go s.xds.Run(ctx)
 
-	g := grpc.NewServer(grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))
+	g := grpc.NewServer(append(xds.GRPCServerOptions(),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))...)
 	s.xds.Register(g)
 	go func() {
 		if err := g.Serve(s.xdsLn); err != nil {

@@ -1,15 +1,9 @@
 package xds
 
 import (
-	"fmt"
-	"hash/fnv"
 	"slices"
-	"strconv"
 	"sync"
 	"time"
-
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // conn is one ADS stream. Its stream goroutine is the only one that sends;
@@ -35,7 +29,11 @@ type watch struct {
 	// legacy marks a wildcard that came from an empty first request
 	// rather than an explicit "*": an empty list keeps it.
 	legacy bool
-	names  map[string]struct{}
+	// names is a delta stream's subscription; list is the subscription
+	// sorted (kept by SotW streams, cached for delta ones), shared with
+	// every other stream subscribed to the same names.
+	names map[string]struct{}
+	list  *nameList
 
 	nonceSent    string
 	versionSent  string
@@ -64,17 +62,21 @@ func newWatch(typeURL string) *watch {
 	return &watch{typeURL: typeURL, names: map[string]struct{}{}, configs: map[ConfigKey]*configState{}, known: map[string]string{}}
 }
 
-// subscription returns the names to generate: nil for a wildcard.
+// subscription returns the names to generate, sorted: nil for a
+// wildcard. The slice is shared: callers must not modify it.
 func (w *watch) subscription() []string {
 	if w.wildcard {
 		return nil
 	}
-	names := make([]string, 0, len(w.names))
-	for n := range w.names {
-		names = append(names, n)
+	if w.list == nil {
+		names := make([]string, 0, len(w.names))
+		for n := range w.names {
+			names = append(names, n)
+		}
+		slices.Sort(names)
+		w.list = internList(names)
 	}
-	slices.Sort(names)
-	return names
+	return w.list.names
 }
 
 func (c *conn) enqueue(p *push) {
@@ -216,27 +218,4 @@ func (c *conn) nack(typeURL, nonce, msg string) {
 
 func (c *conn) expired(typeURL string) {
 	c.s.m.expiredNonce.WithLabelValues(ShortType(typeURL)).Inc()
-}
-
-// marshalled is a resource encoded once, with its content hash as version.
-type marshalled struct {
-	name    string
-	any     *anypb.Any
-	version string
-}
-
-func marshal(typeURL string, r Resource) (marshalled, error) {
-	a, ok := r.Message.(*anypb.Any)
-	if !ok {
-		a = &anypb.Any{}
-		if err := anypb.MarshalFrom(a, r.Message, proto.MarshalOptions{Deterministic: true}); err != nil {
-			return marshalled{}, fmt.Errorf("resource %q: %w", r.Name, err)
-		}
-	}
-	if a.GetTypeUrl() != typeURL {
-		return marshalled{}, fmt.Errorf("resource %q is a %s, not a %s", r.Name, a.GetTypeUrl(), typeURL)
-	}
-	h := fnv.New64a()
-	h.Write(a.GetValue())
-	return marshalled{name: r.Name, any: a, version: strconv.FormatUint(h.Sum64(), 16)}, nil
 }

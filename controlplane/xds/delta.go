@@ -58,6 +58,7 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		// Subscribing again to a name asks for it again (the proxy
 		// lost it), so it is sent whatever version we think it holds.
 		w.names[n] = struct{}{}
+		w.list = nil
 		if !isNew {
 			delete(w.known, n)
 		}
@@ -70,6 +71,7 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		}
 		delete(w.names, n)
 		delete(w.known, n)
+		w.list = nil
 	}
 	c.mu.Unlock()
 
@@ -89,7 +91,26 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 func (h deltaHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 	c.mu.Lock()
 	w := c.watches[typeURL]
+	var limitedTo []string
+	keep, limited := p.req.endpointsLimited()
+	if limited && typeURL == EndpointType {
+		// Only these clusters' endpoints changed: generate just them.
+		for n := range w.names {
+			if keep(n) {
+				limitedTo = append(limitedTo, n)
+			}
+		}
+		if !w.wildcard && len(limitedTo) == 0 {
+			c.mu.Unlock()
+			return false, nil
+		}
+	}
+	wildcard := w.wildcard
 	c.mu.Unlock()
+	if limited && typeURL == EndpointType && !wildcard {
+		slices.Sort(limitedTo)
+		return h.send(c, w, limitedTo, p, false)
+	}
 	return h.send(c, w, nil, p, false)
 }
 
@@ -108,7 +129,7 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bo
 			return false, nil
 		}
 	}
-	var res []marshalled
+	var res []*encoding
 	// An empty named subscription generates nothing: only an (empty)
 	// first answer can be due.
 	if names == nil || len(names) > 0 {
@@ -117,7 +138,8 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bo
 			return false, nil // logged and counted; the proxy keeps what it has
 		}
 	}
-	resp := &discoveryv3.DeltaDiscoveryResponse{TypeUrl: w.typeURL, SystemVersionInfo: p.version}
+	var changed []*encoding
+	var removed []string
 	present := make(map[string]struct{}, len(res))
 	// known belongs to the stream goroutine (this one): no lock.
 	for _, m := range res {
@@ -125,24 +147,25 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bo
 		if w.known[m.name] == m.version {
 			continue
 		}
-		resp.Resources = append(resp.Resources, &discoveryv3.Resource{Name: m.name, Version: m.version, Resource: m.any})
+		changed = append(changed, m)
 		w.known[m.name] = m.version
 	}
 	if whole {
 		for n := range w.known {
 			if _, ok := present[n]; !ok {
-				resp.RemovedResources = append(resp.RemovedResources, n)
+				removed = append(removed, n)
 				delete(w.known, n)
 			}
 		}
-		slices.Sort(resp.RemovedResources)
+		slices.Sort(removed)
 	}
-	if len(resp.Resources) == 0 && len(resp.RemovedResources) == 0 && !always {
+	if len(changed) == 0 && len(removed) == 0 && !always {
 		return false, nil
 	}
-	resp.Nonce = c.s.nextNonce()
-	c.sent(w, resp.Nonce, p.version, p)
-	if err := c.s.send(c, w.typeURL, func() error { return h.stream.Send(resp) }); err != nil {
+	nonce := c.s.nextNonce()
+	resp := deltaResponse(w.typeURL, p.version, nonce, changed, removed)
+	c.sent(w, nonce, p.version, p)
+	if err := c.s.send(c, w.typeURL, func() error { return h.stream.SendMsg(resp) }); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -124,7 +124,7 @@ func startServer(t testing.TB, opts xds.Options) *testServer {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := grpc.NewServer()
+	g := grpc.NewServer(xds.GRPCServerOptions()...)
 	s.Register(g)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})

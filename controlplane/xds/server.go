@@ -373,7 +373,7 @@ func (c *conn) pushAll(send func(*conn, string, *push) (bool, error), p *push) e
 // generate calls the generator within the concurrency bound, keeps only
 // subscribed names (the generator may return more) and marshals each
 // resource once.
-func (c *conn) generate(typeURL string, names []string, req *PushRequest) ([]marshalled, error) {
+func (c *conn) generate(typeURL string, names []string, req *PushRequest) ([]*encoding, error) {
 	c.s.sem <- struct{}{}
 	res, err := c.s.opts.Generator.Generate(c.proxy, typeURL, names, req)
 	<-c.s.sem
@@ -382,21 +382,9 @@ func (c *conn) generate(typeURL string, names []string, req *PushRequest) ([]mar
 		c.s.log.Error("generating resources failed; the proxy keeps its previous config", "proxy", c.proxy.ID, "type", ShortType(typeURL), "err", err)
 		return nil, err
 	}
-	var want map[string]struct{}
-	if names != nil {
-		want = make(map[string]struct{}, len(names))
-		for _, n := range names {
-			want[n] = struct{}{}
-		}
-	}
-	out := make([]marshalled, 0, len(res))
+	out := make([]*encoding, 0, len(res))
 	for _, r := range res {
-		if want != nil {
-			if _, ok := want[r.Name]; !ok {
-				continue
-			}
-		}
-		m, err := marshal(typeURL, r)
+		m, err := encodingOf(typeURL, r)
 		if err != nil {
 			c.s.m.pushes.WithLabelValues(ShortType(typeURL) + "_builderr").Inc()
 			c.s.log.Error("generated resource cannot be sent; the proxy keeps its previous config", "proxy", c.proxy.ID, "type", ShortType(typeURL), "err", err)
@@ -404,7 +392,20 @@ func (c *conn) generate(typeURL string, names []string, req *PushRequest) ([]mar
 		}
 		out = append(out, m)
 	}
-	slices.SortFunc(out, func(a, b marshalled) int { return strings.Compare(a.name, b.name) })
+	slices.SortFunc(out, func(a, b *encoding) int { return strings.Compare(a.name, b.name) })
+	if names != nil {
+		// names is sorted too: keep what both hold in one walk.
+		kept, i := out[:0], 0
+		for _, e := range out {
+			for i < len(names) && names[i] < e.name {
+				i++
+			}
+			if i < len(names) && names[i] == e.name {
+				kept = append(kept, e)
+			}
+		}
+		out = kept
+	}
 	return out, nil
 }
 

@@ -1,10 +1,11 @@
 package xds
 
 import (
+	"slices"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // sotwHandler speaks state of the world: every response holds the whole
@@ -48,9 +49,14 @@ func (h sotwHandler) onRequest(c *conn, r *discoveryv3.DiscoveryRequest) error {
 	}
 	wildcard := star || (len(names) == 0 && (isNew || w.legacy))
 	legacy := !star && wildcard
-	changed := isNew || nonce == "" || wildcard != w.wildcard || !sameNames(w.names, names)
+	names = sortedNames(names)
+	// Every ACK repeats the subscription: comparing it must stay cheap
+	// (thousands of proxies × thousands of names).
+	changed := isNew || nonce == "" || wildcard != w.wildcard || w.list == nil || !slices.Equal(w.list.names, names)
 	w.wildcard, w.legacy = wildcard, legacy
-	w.names = toSet(names)
+	if changed {
+		w.list = internList(names)
+	}
 	c.mu.Unlock()
 	if !changed {
 		return nil // a pure ACK
@@ -74,18 +80,40 @@ func (h sotwHandler) send(c *conn, w *watch, p *push) (bool, error) {
 	if !wildcard && len(names) == 0 {
 		return false, nil
 	}
+	keep, limited := func(string) bool { return true }, false
+	if w.typeURL == EndpointType {
+		if k, ok := p.req.endpointsLimited(); ok {
+			// Only these clusters' endpoints changed: state of the world
+			// lets EDS carry just them, the proxy keeps the rest.
+			keep, limited = k, true
+			if !wildcard {
+				var some []string // names is shared: filter into a new slice
+				for _, n := range names {
+					if keep(n) {
+						some = append(some, n)
+					}
+				}
+				names = some
+			}
+			if !wildcard && len(names) == 0 {
+				return false, nil
+			}
+		}
+	}
 	res, err := c.generate(w.typeURL, names, p.req)
 	if err != nil {
 		return false, nil // logged and counted; the proxy keeps what it has
 	}
-	anys := make([]*anypb.Any, len(res))
-	for i, m := range res {
-		anys[i] = m.any
+	if limited {
+		res = slices.DeleteFunc(res, func(e *encoding) bool { return !keep(e.name) })
+		if len(res) == 0 {
+			return false, nil
+		}
 	}
 	nonce := c.s.nextNonce()
-	resp := &discoveryv3.DiscoveryResponse{TypeUrl: w.typeURL, VersionInfo: p.version, Nonce: nonce, Resources: anys}
+	resp := sotwResponse(w.typeURL, p.version, nonce, res)
 	c.sent(w, nonce, p.version, p)
-	if err := c.s.send(c, w.typeURL, func() error { return h.stream.Send(resp) }); err != nil {
+	if err := c.s.send(c, w.typeURL, func() error { return h.stream.SendMsg(resp) }); err != nil {
 		return false, err
 	}
 	return true, nil
@@ -103,23 +131,15 @@ func splitWildcard(in []string) (names []string, star bool) {
 	return names, star
 }
 
-func toSet(names []string) map[string]struct{} {
-	m := make(map[string]struct{}, len(names))
-	for _, n := range names {
-		m[n] = struct{}{}
-	}
-	return m
-}
-
-func sameNames(set map[string]struct{}, names []string) bool {
-	other := toSet(names)
-	if len(other) != len(set) {
-		return false
-	}
-	for n := range other {
-		if _, ok := set[n]; !ok {
-			return false
+// sortedNames returns names sorted and without repeats, copying only
+// when they are not already so (Envoy sends them sorted).
+func sortedNames(names []string) []string {
+	for i := 1; i < len(names); i++ {
+		if names[i-1] >= names[i] {
+			names = slices.Clone(names)
+			slices.Sort(names)
+			return slices.Compact(names)
 		}
 	}
-	return true
+	return names
 }

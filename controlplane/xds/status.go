@@ -93,7 +93,7 @@ func (c *conn) status() ProxyStatus {
 			SentConfigs: slices.Clone(w.sentConfigs),
 		}
 		if !w.wildcard {
-			ts.Names = w.subscription()
+			ts.Names = slices.Clone(w.subscription())
 		}
 		for k, st := range w.configs {
 			ts.Configs = append(ts.Configs, ConfigStatus{Config: k, VersionSent: st.sent, VersionAcked: st.acked})
@@ -182,7 +182,7 @@ func (s *Server) ConfigDump(proxyID string) (*adminv3.ConfigDump, error) {
 	return dump, nil
 }
 
-func dumpSection(typeURL, version string, res []marshalled) proto.Message {
+func dumpSection(typeURL, version string, res []*encoding) proto.Message {
 	switch typeURL {
 	case ClusterType:
 		d := &adminv3.ClustersConfigDump{VersionInfo: version}

@@ -40,12 +40,13 @@ func ShortType(typeURL string) string {
 	return typeURL[strings.LastIndexByte(typeURL, '.')+1:]
 }
 
-// Resource is one generated resource. Message may be an *anypb.Any already
-// marshalled by the generator, so one encoding is shared by every proxy
-// that receives it; otherwise the server marshals it per response.
+// Resource is one generated resource. Made by NewResource it carries its
+// wire encoding, shared by every proxy that receives it; otherwise the
+// server encodes it per response.
 type Resource struct {
 	Name    string
 	Message proto.Message
+	enc     *encoding
 }
 
 // Generator produces the resources of one xDS type for one proxy. names
@@ -93,6 +94,12 @@ type PushRequest struct {
 	// Reason says what triggered the push ("config", "endpoint",
 	// "service", ...); merged requests join their reasons with ",".
 	Reason string
+	// EndpointsOf, when not nil, limits the endpoint part of the push to
+	// the clusters of these service host names: only their endpoints
+	// changed, so only their ClusterLoadAssignments are sent (state of the
+	// world allows that for EDS), and proxies that watch none of them get
+	// nothing. nil means every cluster's.
+	EndpointsOf map[string]bool
 	// Start is when the first change behind this push happened; Push
 	// fills it in when zero. Convergence time is measured from it.
 	Start time.Time
@@ -142,8 +149,58 @@ func merge(a, b *PushRequest) *PushRequest {
 			out.ConfigsUpdated = append(out.ConfigsUpdated, k)
 		}
 	}
+	out.EndpointsOf = mergeEndpoints(a, b)
 	out.Reason = joinReasons(a.Reason, b.Reason)
 	return out
+}
+
+// mergeEndpoints is the endpoint limit of a merged request: the union of
+// the limits of the requests that cover EDS, or none if one of them
+// covers it without a limit.
+func mergeEndpoints(a, b *PushRequest) map[string]bool {
+	var out map[string]bool
+	for _, r := range []*PushRequest{a, b} {
+		if !r.covers(EndpointType) {
+			continue
+		}
+		if r.EndpointsOf == nil {
+			return nil
+		}
+		if out == nil {
+			out = make(map[string]bool, len(r.EndpointsOf))
+		}
+		for h := range r.EndpointsOf {
+			out[h] = true
+		}
+	}
+	return out
+}
+
+// endpointsLimited reports whether p sends only some clusters' endpoints,
+// and keep tells which (by cluster name, "outbound|PORT|SUBSET|HOST").
+func (r *PushRequest) endpointsLimited() (keep func(cluster string) bool, limited bool) {
+	if r.EndpointsOf == nil {
+		return nil, false
+	}
+	if len(r.EndpointsOf) <= 4 {
+		// Usually one service changed: compare name suffixes rather than
+		// split every subscribed name (thousands per proxy).
+		var suffixes []string
+		for h := range r.EndpointsOf {
+			suffixes = append(suffixes, "|"+h)
+		}
+		return func(cluster string) bool {
+			for _, s := range suffixes {
+				if strings.HasSuffix(cluster, s) {
+					return true
+				}
+			}
+			return false
+		}, true
+	}
+	return func(cluster string) bool {
+		return r.EndpointsOf[cluster[strings.LastIndexByte(cluster, '|')+1:]]
+	}, true
 }
 
 func joinReasons(a, b string) string {

@@ -27,7 +27,9 @@ import (
 // Options tune a Source; the zero value is usable.
 type Options struct {
 	// Debounce is how long the tree must be quiet before changes are read
-	// (default 100ms).
+	// (default 20ms: an editor's save is one burst of events; a file read
+	// half-written fails to parse, keeps its last good objects, and is
+	// read again on the events that complete it).
 	Debounce time.Duration
 	// DeleteGrace is how long a file must stay missing before its objects
 	// are removed (default 1s), so an editor's save by rename, or a file
@@ -38,6 +40,11 @@ type Options struct {
 	Resync time.Duration
 	// Log receives read problems; nil discards.
 	Log *slog.Logger
+	// Transform, when set, sees every decoded object before the sink does
+	// and returns what to store instead (nil drops it). The local mesh uses
+	// it to allocate Services' cluster IPs and to keep bare Pods, which it
+	// runs itself, out of the store as templates.
+	Transform func(*config.Object) *config.Object
 }
 
 // Source reads the manifests under one directory.
@@ -64,7 +71,7 @@ type fileState struct {
 // New returns a source for the files under dir.
 func New(dir string, opts Options) *Source {
 	if opts.Debounce <= 0 {
-		opts.Debounce = 100 * time.Millisecond
+		opts.Debounce = 20 * time.Millisecond
 	}
 	if opts.DeleteGrace <= 0 {
 		opts.DeleteGrace = time.Second
@@ -288,6 +295,15 @@ func (s *Source) readFile(path string, sink config.Sink) bool {
 		return true
 	}
 	objs, errs := config.Decode(data, path)
+	if t := s.opts.Transform; t != nil {
+		kept := objs[:0]
+		for _, o := range objs {
+			if o = t(o); o != nil {
+				kept = append(kept, o)
+			}
+		}
+		objs = kept
+	}
 	sink.Replace(path, objs, errs)
 	return true
 }

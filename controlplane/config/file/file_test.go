@@ -268,3 +268,35 @@ func TestFileSourceMissingDirectory(t *testing.T) {
 		t.Errorf("Run on a missing directory: %v", err)
 	}
 }
+
+// Transform rewrites what the sink receives and drops what it returns nil
+// for, on the first read and on an edit alike.
+func TestTransform(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "ns.yaml"), namespace("keep", "")+"---\n"+namespace("drop", ""))
+	store := config.NewStore(nil, nil)
+	src := New(dir, Options{Debounce: 20 * time.Millisecond, Transform: func(o *config.Object) *config.Object {
+		if o.Meta.Name == "drop" {
+			return nil
+		}
+		c := *o
+		c.Meta.Labels = map[string]string{"seen": "yes"}
+		return &c
+	}})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, store) }()
+	defer func() { cancel(); <-done }()
+	<-src.Synced()
+	if store.Snapshot().Get(nsKey("drop")) != nil {
+		t.Error("the object Transform dropped is in the store")
+	}
+	if o := store.Snapshot().Get(nsKey("keep")); o == nil || o.Meta.Labels["seen"] != "yes" {
+		t.Fatalf("kept object = %+v, want it with Transform's label", o)
+	}
+	write(t, filepath.Join(dir, "ns.yaml"), namespace("other", ""))
+	eventually(t, "the edited file's object transformed", func() bool {
+		o := store.Snapshot().Get(nsKey("other"))
+		return o != nil && o.Meta.Labels["seen"] == "yes" && store.Snapshot().Get(nsKey("keep")) == nil
+	})
+}

@@ -158,7 +158,7 @@ func resource(c *clusterv3.Cluster) xds.Resource {
 		// Marshalling a well-formed generated message cannot fail.
 		panic(fmt.Sprintf("cds: marshal cluster %q: %v", c.GetName(), err))
 	}
-	return xds.Resource{Name: c.GetName(), Message: a}
+	return xds.MustResource(c.GetName(), a) // encoded once for every stream
 }
 
 // ClusterName is Istio's cluster name: "outbound|9080|v1|reviews.default.svc.cluster.local".

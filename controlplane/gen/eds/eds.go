@@ -219,7 +219,7 @@ func resource(cla *endpointv3.ClusterLoadAssignment) xds.Resource {
 		// Marshalling a well-formed generated message cannot fail.
 		panic(fmt.Sprintf("eds: marshal %q: %v", cla.GetClusterName(), err))
 	}
-	return xds.Resource{Name: cla.GetClusterName(), Message: a}
+	return xds.MustResource(cla.GetClusterName(), a) // encoded once for every stream
 }
 
 // proxyLocality is the proxy's locality, "region/zone/subzone": as its

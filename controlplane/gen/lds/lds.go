@@ -9,11 +9,11 @@
 //
 // Output is shared between proxies that would get the same answer. The
 // cache key (within one index, i.e. one config version) is: proxy type
-// (and whether proxyless),
-// SidecarScope.Key() (namespace and Sidecar resource), the proxy's inbound
-// ports (from the services its IPs serve), the proxy's values of the labels a
-// VirtualService matches sourceLabels on, and for gateways the selected
-// Gateway objects.
+// (and whether proxyless), SidecarScope.Key() (namespace and Sidecar
+// resource), the bind address and HTTP proxy port, the proxy's values of
+// the labels a VirtualService matches sourceLabels on, and for gateways
+// the selected Gateway objects. A captured sidecar's inbound listener is
+// cached apart, by its workload's ports (from the services its IPs serve).
 package lds
 
 import (
@@ -50,47 +50,64 @@ const (
 // Generate returns every listener of the proxy, sorted by name. The
 // messages are shared with other proxies and must not be modified.
 func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
-	return slices.Clone(ix.Cached("lds|"+cacheKey(p, ix), func() any {
-		var ls []*listenerv3.Listener
-		switch {
-		case p.Proxyless:
-			ls = proxylessListeners(p, ix)
-		case p.Type == xds.RouterProxy:
-			ls = gatewayListeners(p, ix)
-		case !p.Captured():
+	if p.Type == xds.RouterProxy || p.Proxyless || !p.Captured() {
+		return slices.Clone(cachedListeners(ix, "lds|"+cacheKey(p, ix, false), func() []*listenerv3.Listener {
+			switch {
+			case p.Proxyless:
+				return proxylessListeners(p, ix)
+			case p.Type == xds.RouterProxy:
+				return gatewayListeners(p, ix)
+			}
 			// Nothing is redirected to this proxy: no capture listeners;
 			// applications reach it as an explicit HTTP proxy, and
 			// Sidecar egress listeners with a port bind where they say.
-			ls = outboundListeners(p, ix)
-		default:
-			ls = append(outboundListeners(p, ix), inboundListener(p, ix))
-		}
+			return outboundListeners(p, ix)
+		}))
+	}
+	// A sidecar's outbound listeners are the same for every proxy of a
+	// namespace, its inbound one differs with the workload's ports: they
+	// are cached apart, or 2000 sidecars of 1000 services would each build
+	// the mesh's outbound listeners.
+	out := cachedListeners(ix, "lds|"+cacheKey(p, ix, false), func() []*listenerv3.Listener { return outboundListeners(p, ix) })
+	in := cachedListeners(ix, "lds|"+cacheKey(p, ix, true), func() []*listenerv3.Listener {
+		return []*listenerv3.Listener{inboundListener(p, ix)}
+	})
+	all := append(slices.Clone(out), in...)
+	slices.SortFunc(all, func(a, b xds.Resource) int { return strings.Compare(a.Name, b.Name) })
+	return all
+}
+
+func cachedListeners(ix *index.Index, key string, build func() []*listenerv3.Listener) []xds.Resource {
+	return ix.Cached(key, func() any {
+		ls := build()
 		slices.SortFunc(ls, func(a, b *listenerv3.Listener) int { return strings.Compare(a.GetName(), b.GetName()) })
 		out := make([]xds.Resource, len(ls))
 		for i, l := range ls {
-			out[i] = xds.Resource{Name: l.GetName(), Message: mustAny(l)}
+			out[i] = xds.MustResource(l.GetName(), mustAny(l)) // encoded once for every stream
 		}
 		return out
-	}).([]xds.Resource))
+	}).([]xds.Resource)
 }
 
-// cacheKey is what the listeners depend on; see the package doc.
-func cacheKey(p *xds.Proxy, ix *index.Index) string {
+// cacheKey is what the listeners depend on; see the package doc. inbound
+// selects the key of the sidecar's inbound listener, which depends on its
+// workload's ports and on nothing the outbound ones do.
+func cacheKey(p *xds.Proxy, ix *index.Index, inbound bool) string {
 	var b strings.Builder
+	if inbound {
+		b.WriteString("inbound|" + ix.SidecarScope(p).Key())
+		for _, in := range inboundPorts(p, ix) {
+			b.WriteString("|in:" + strconv.Itoa(in.port) + "/" + string(in.protocol) + "/" + in.host)
+		}
+		return b.String()
+	}
 	b.WriteString(p.Type)
 	if p.Proxyless {
 		b.WriteString("/grpc")
 	}
 	b.WriteByte('|')
 	b.WriteString(ix.SidecarScope(p).Key())
-	if !p.Captured() {
-		b.WriteString("|bind:" + p.BindAddress() + "|http_proxy:" + strconv.Itoa(p.HTTPProxyPort))
-	}
-	if p.Type != xds.RouterProxy {
-		for _, in := range inboundPorts(p, ix) {
-			b.WriteString("|in:" + strconv.Itoa(in.port) + "/" + string(in.protocol) + "/" + in.host)
-		}
-	}
+	b.WriteString("|bind:" + p.BindAddress() + "|http_proxy:" + strconv.Itoa(p.HTTPProxyPort))
 	for _, k := range ix.SourceLabelKeys() {
 		if v, ok := p.Labels[k]; ok {
 			b.WriteString("|" + k + "=" + v)

@@ -10,7 +10,6 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
-	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
 	"github.com/skiff-mesh/skiff/controlplane/gen/rds"
 	"github.com/skiff-mesh/skiff/controlplane/model"
@@ -32,7 +31,7 @@ func outboundListeners(p *xds.Proxy, ix *index.Index) []*listenerv3.Listener {
 	if p.HTTPProxyPort > 0 {
 		out = append(out, httpProxyListener(p))
 	}
-	vss := ix.VirtualServices(p, "mesh")
+	vss := rds.NewVSLookup(ix, ix.VirtualServices(p, "mesh"))
 	for _, ps := range scope.Ports() {
 		out = append(out, portListeners(p, ix, ps, vss, fallback)...)
 	}
@@ -87,7 +86,7 @@ func virtualOutbound(fallback string) *listenerv3.Listener {
 // portListeners builds the outbound listeners of one port: "0.0.0.0_PORT"
 // when HTTP (or sniffed) services use the port, or TCP services without a
 // virtual IP do; "VIP_PORT" for each TCP service with a virtual IP.
-func portListeners(p *xds.Proxy, ix *index.Index, ps index.PortServices, vss []*config.Object, fallback string) []*listenerv3.Listener {
+func portListeners(p *xds.Proxy, ix *index.Index, ps index.PortServices, vss *rds.VSLookup, fallback string) []*listenerv3.Listener {
 	port := ps.Port
 	l4 := l4Context{ix: ix, port: port, gateways: []string{"mesh"}, labels: p.Labels, proxyNS: p.Namespace}
 	bindIP, bound := egressBind(ps.Egress)
@@ -165,7 +164,7 @@ func portListeners(p *xds.Proxy, ix *index.Index, ps index.PortServices, vss []*
 // IPs: TLS ones by SNI (their tls routes, else their host name), the
 // rest as the first plain TCP service says, as Istio resolves the
 // conflict; unmatched TLS passes through (or is dropped).
-func wildcardTCPChains(l4 l4Context, svcs []*model.Service, vss []*config.Object, fallback string) ([]*listenerv3.ListenerFilter, []*listenerv3.FilterChain) {
+func wildcardTCPChains(l4 l4Context, svcs []*model.Service, vss *rds.VSLookup, fallback string) ([]*listenerv3.ListenerFilter, []*listenerv3.FilterChain) {
 	var chains []*listenerv3.FilterChain
 	seen := map[string]bool{}
 	add := func(fcs ...*listenerv3.FilterChain) {
@@ -185,7 +184,7 @@ func wildcardTCPChains(l4 l4Context, svcs []*model.Service, vss []*config.Object
 		}
 		tls = true
 		var own []*listenerv3.FilterChain
-		if vs := rds.VirtualServiceFor(l4.ix, vss, svc.Hostname); vs != nil {
+		if vs := vss.For(svc.Hostname); vs != nil {
 			own = l4.tlsChains(vs, nil)
 		}
 		if len(own) == 0 {
@@ -226,9 +225,9 @@ func tcpListenerFilters(tls bool) []*listenerv3.ListenerFilter {
 
 // serviceTCPChains routes a TCP or TLS service: its VirtualService's tcp
 // (or tls, by SNI) routes, then everything else to the service's cluster.
-func serviceTCPChains(l4 l4Context, svc *model.Service, vss []*config.Object, tls bool) []*listenerv3.FilterChain {
+func serviceTCPChains(l4 l4Context, svc *model.Service, vss *rds.VSLookup, tls bool) []*listenerv3.FilterChain {
 	def := &listenerv3.FilterChain{Filters: []*listenerv3.Filter{tcpProxy(index.OutboundCluster(l4.port, "", svc.Hostname))}}
-	vs := rds.VirtualServiceFor(l4.ix, vss, svc.Hostname)
+	vs := vss.For(svc.Hostname)
 	if vs == nil {
 		return []*listenerv3.FilterChain{def}
 	}

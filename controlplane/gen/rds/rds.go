@@ -21,7 +21,6 @@ import (
 	"strings"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 
@@ -45,14 +44,14 @@ func Generate(p *xds.Proxy, ix *index.Index, names []string) []xds.Resource {
 	key := cacheKey(p, ix)
 	out := make([]xds.Resource, 0, len(names))
 	for _, name := range names {
-		v := ix.Cached("rds|"+key+"|"+name, func() any {
+		r := ix.Cached("rds|"+key+"|"+name, func() any {
 			rc := build(p, ix, name)
 			if rc == nil {
 				rc = &routev3.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
 			}
-			return mustAny(rc)
-		}).(*anypb.Any)
-		out = append(out, xds.Resource{Name: name, Message: v})
+			return xds.MustResource(name, mustAny(rc)) // encoded once for every stream
+		}).(xds.Resource)
+		out = append(out, r)
 	}
 	return out
 }
@@ -150,7 +149,7 @@ const HTTPProxyRoute = "http_proxy"
 // to pass them through to.
 func buildHTTPProxy(p *xds.Proxy, ix *index.Index) *routev3.RouteConfiguration {
 	scope := ix.SidecarScope(p)
-	vss := ix.VirtualServices(p, "mesh")
+	vss := NewVSLookup(ix, ix.VirtualServices(p, "mesh"))
 	suffix := ix.Options().DomainSuffix
 	seen := map[string]bool{}
 	var vhosts []*routev3.VirtualHost
@@ -198,7 +197,7 @@ func buildSidecar(p *xds.Proxy, ix *index.Index, port int) *routev3.RouteConfigu
 			services = ps.Services
 		}
 	}
-	vss := ix.VirtualServices(p, "mesh")
+	vss := NewVSLookup(ix, ix.VirtualServices(p, "mesh"))
 	suffix := ix.Options().DomainSuffix
 	seen := map[string]bool{}
 	var vhosts []*routev3.VirtualHost
@@ -235,8 +234,8 @@ func buildSidecar(p *xds.Proxy, ix *index.Index, port int) *routev3.RouteConfigu
 // serviceRoutes are the routes of a service's virtual host on a sidecar:
 // its VirtualService's, or, when it has none or none of its routes apply
 // to this proxy (as Istio falls back), the default route to the service.
-func serviceRoutes(p *xds.Proxy, ix *index.Index, vss []*config.Object, host string, port int, operation string) []*routev3.Route {
-	if vs := VirtualServiceFor(ix, vss, host); vs != nil {
+func serviceRoutes(p *xds.Proxy, ix *index.Index, vss *VSLookup, host string, port int, operation string) []*routev3.Route {
+	if vs := vss.For(host); vs != nil {
 		routes := translateVirtualService(routeContext{
 			ix: ix, vs: vs, port: port, gateways: []string{"mesh"}, labels: p.Labels, proxyNS: p.Namespace,
 		})
@@ -250,24 +249,49 @@ func serviceRoutes(p *xds.Proxy, ix *index.Index, vss []*config.Object, host str
 	return []*routev3.Route{r}
 }
 
-// VirtualServiceFor picks the VirtualService for a service host: the
-// first (oldest) naming it exactly, else the first whose wildcard host
-// covers it.
-func VirtualServiceFor(ix *index.Index, vss []*config.Object, host string) *config.Object {
-	var wildcard *config.Object
+// VSLookup finds the VirtualService of a service host among those a proxy
+// sees without scanning them all for every service: a sidecar's routes
+// ask once per service, and a mesh has as many VirtualServices as
+// services.
+type VSLookup struct {
+	exact    map[string]*config.Object // resolved host → first VirtualService naming it
+	wildcard []wildcardVS              // wildcard hosts, in VirtualService order
+}
+
+type wildcardVS struct {
+	pattern string
+	vs      *config.Object
+}
+
+// NewVSLookup indexes vss (in precedence order, as ix.VirtualServices
+// returns them).
+func NewVSLookup(ix *index.Index, vss []*config.Object) *VSLookup {
+	l := &VSLookup{exact: make(map[string]*config.Object, len(vss))}
 	for _, o := range vss {
-		vs := o.Spec.(*networking.VirtualService)
-		for _, h := range vs.GetHosts() {
+		for _, h := range o.Spec.(*networking.VirtualService).GetHosts() {
 			h = ix.ResolveHost(h, o.Meta.Namespace)
-			if h == host {
-				return o
-			}
-			if wildcard == nil && hostCovers(h, host) {
-				wildcard = o
+			if strings.HasPrefix(h, "*") {
+				l.wildcard = append(l.wildcard, wildcardVS{h, o})
+			} else if _, ok := l.exact[h]; !ok {
+				l.exact[h] = o
 			}
 		}
 	}
-	return wildcard
+	return l
+}
+
+// For picks the VirtualService for a service host: the first (oldest)
+// naming it exactly, else the first whose wildcard host covers it.
+func (l *VSLookup) For(host string) *config.Object {
+	if o, ok := l.exact[host]; ok {
+		return o
+	}
+	for _, w := range l.wildcard {
+		if hostCovers(w.pattern, host) {
+			return w.vs
+		}
+	}
+	return nil
 }
 
 // hostCovers reports whether pattern ("*", "*.example.com" or a name)
@@ -317,7 +341,7 @@ func buildProxyless(p *xds.Proxy, ix *index.Index, name string) *routev3.RouteCo
 	for _, d := range domains(svc, p.Namespace, ix.Options().DomainSuffix) {
 		vh.Domains = append(vh.Domains, d, d+":"+portStr)
 	}
-	vh.Routes = serviceRoutes(p, ix, ix.VirtualServices(p, "mesh"), hostname, port, name+"/*")
+	vh.Routes = serviceRoutes(p, ix, NewVSLookup(ix, ix.VirtualServices(p, "mesh")), hostname, port, name+"/*")
 	for _, r := range vh.Routes {
 		if a := r.GetRoute(); a != nil {
 			a.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{MaxStreamDuration: a.GetTimeout()}
