@@ -50,7 +50,7 @@ func TestEndpointChangeNamesChangedServices(t *testing.T) {
 	podKey := []config.Key{{Kind: config.Pod, Namespace: "default", Name: "reviews-2"}}
 	for _, c := range []struct {
 		name, after string
-		want       []string
+		want        []string
 	}{
 		{"a pod added", twoServices + pod("reviews-1", "reviews", "10.0.0.2", "True") + pod("reviews-2", "reviews", "10.0.0.3", "True"), []string{"reviews.default.svc.cluster.local"}},
 		{"a pod no longer ready", twoServices + pod("reviews-1", "reviews", "10.0.0.2", "False"), []string{"reviews.default.svc.cluster.local"}},
