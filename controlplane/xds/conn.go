@@ -29,11 +29,9 @@ type watch struct {
 	// legacy marks a wildcard that came from an empty first request
 	// rather than an explicit "*": an empty list keeps it.
 	legacy bool
-	// names is a delta stream's subscription; list is the subscription
-	// sorted (kept by SotW streams, cached for delta ones), shared with
-	// every other stream subscribed to the same names.
-	names map[string]struct{}
-	list  *nameList
+	// list is the subscription, sorted, shared with every other stream
+	// subscribed to the same names.
+	list *nameList
 
 	nonceSent    string
 	versionSent  string
@@ -51,15 +49,20 @@ type watch struct {
 	// configs records, per object, the latest version sent and ACKed.
 	configs map[ConfigKey]*configState
 
-	// known is, for delta, the version of each resource the proxy holds
-	// (as far as we have told it): pushes send only what differs.
-	known map[string]string
+	// held is, for delta, what the proxy holds (as far as we have told
+	// it), sorted by name: pushes send only what differs. It is usually
+	// the list last generated for it, whose encodings are shared.
+	held []*encoding
+	// lastBody is the body of the last response, held so that streams
+	// sending the same resources keep sharing its chunks (chunks are
+	// weakly interned).
+	lastBody body
 }
 
 type configState struct{ sent, acked string }
 
 func newWatch(typeURL string) *watch {
-	return &watch{typeURL: typeURL, names: map[string]struct{}{}, configs: map[ConfigKey]*configState{}, known: map[string]string{}}
+	return &watch{typeURL: typeURL, configs: map[ConfigKey]*configState{}}
 }
 
 // subscription returns the names to generate, sorted: nil for a
@@ -68,13 +71,14 @@ func (w *watch) subscription() []string {
 	if w.wildcard {
 		return nil
 	}
+	return w.subscribed()
+}
+
+// subscribed returns the explicitly subscribed names (shared, sorted),
+// empty rather than nil.
+func (w *watch) subscribed() []string {
 	if w.list == nil {
-		names := make([]string, 0, len(w.names))
-		for n := range w.names {
-			names = append(names, n)
-		}
-		slices.Sort(names)
-		w.list = internList(names)
+		return []string{}
 	}
 	return w.list.names
 }

@@ -2,6 +2,7 @@ package xds
 
 import (
 	"slices"
+	"strings"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -32,8 +33,9 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		// What the proxy already holds (after a reconnect) is not resent
 		// unless it changed.
 		for n, v := range r.GetInitialResourceVersions() {
-			w.known[n] = v
+			w.held = append(w.held, &encoding{name: n, version: v})
 		}
+		slices.SortFunc(w.held, byName)
 		if len(r.GetResourceNamesSubscribe()) == 0 {
 			w.wildcard, w.legacy = true, true
 		}
@@ -47,20 +49,13 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 	}
 	// Subscription changes apply whatever the nonce: each request carries
 	// only its own difference, so dropping one would lose it.
-	var added []string
+	var added, removed []string
 	addedWildcard := false
 	for _, n := range r.GetResourceNamesSubscribe() {
 		if n == "*" {
 			addedWildcard = !w.wildcard
 			w.wildcard, w.legacy = true, false
 			continue
-		}
-		// Subscribing again to a name asks for it again (the proxy
-		// lost it), so it is sent whatever version we think it holds.
-		w.names[n] = struct{}{}
-		w.list = nil
-		if !isNew {
-			delete(w.known, n)
 		}
 		added = append(added, n)
 	}
@@ -69,9 +64,22 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 			w.wildcard, w.legacy = false, false
 			continue
 		}
-		delete(w.names, n)
-		delete(w.known, n)
-		w.list = nil
+		removed = append(removed, n)
+	}
+	if len(added) > 0 || len(removed) > 0 {
+		added, removed = sortedNames(added), sortedNames(removed)
+		w.list = internList(withNames(w.subscribed(), added, removed))
+		// Subscribing again to a name asks for it again (the proxy lost
+		// it), so it is sent whatever version we think it holds; an
+		// unsubscribed one is no longer held.
+		drop := added
+		if !isNew {
+			drop = append(slices.Clone(added), removed...)
+			slices.Sort(drop)
+		} else {
+			drop = removed
+		}
+		w.held = withoutNames(w.held, drop)
 	}
 	c.mu.Unlock()
 
@@ -81,7 +89,6 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		_, err := h.send(c, w, nil, p, isNew)
 		return err
 	case len(added) > 0:
-		slices.Sort(added)
 		_, err := h.send(c, w, added, p, false)
 		return err
 	}
@@ -95,7 +102,7 @@ func (h deltaHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 	keep, limited := p.req.endpointsLimited()
 	if limited && typeURL == EndpointType {
 		// Only these clusters' endpoints changed: generate just them.
-		for n := range w.names {
+		for _, n := range w.subscribed() {
 			if keep(n) {
 				limitedTo = append(limitedTo, n)
 			}
@@ -108,7 +115,6 @@ func (h deltaHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 	wildcard := w.wildcard
 	c.mu.Unlock()
 	if limited && typeURL == EndpointType && !wildcard {
-		slices.Sort(limitedTo)
 		return h.send(c, w, limitedTo, p, false)
 	}
 	return h.send(c, w, nil, p, false)
@@ -138,35 +144,92 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bo
 			return false, nil // logged and counted; the proxy keeps what it has
 		}
 	}
+	// held belongs to the stream goroutine (this one) outside onRequest,
+	// which runs on it too: no lock. Both lists are sorted by name.
 	var changed []*encoding
 	var removed []string
-	present := make(map[string]struct{}, len(res))
-	// known belongs to the stream goroutine (this one): no lock.
+	i := 0
 	for _, m := range res {
-		present[m.name] = struct{}{}
-		if w.known[m.name] == m.version {
+		for i < len(w.held) && w.held[i].name < m.name {
+			if whole {
+				removed = append(removed, w.held[i].name)
+			}
+			i++
+		}
+		if i < len(w.held) && w.held[i].name == m.name {
+			if w.held[i].version != m.version {
+				changed = append(changed, m)
+			}
+			i++
 			continue
 		}
 		changed = append(changed, m)
-		w.known[m.name] = m.version
 	}
 	if whole {
-		for n := range w.known {
-			if _, ok := present[n]; !ok {
-				removed = append(removed, n)
-				delete(w.known, n)
-			}
+		for ; i < len(w.held); i++ {
+			removed = append(removed, w.held[i].name)
 		}
-		slices.Sort(removed)
+		w.held = res // what the proxy holds now: exactly the generated set
+	} else {
+		w.held = mergeHeld(w.held, res)
 	}
 	if len(changed) == 0 && len(removed) == 0 && !always {
 		return false, nil
 	}
 	nonce := c.s.nextNonce()
-	resp := deltaResponse(w.typeURL, p.version, nonce, changed, removed)
+	resp, b := deltaResponse(w.typeURL, p.version, nonce, changed, removed)
+	w.lastBody = b // keeps the shared body for the streams sending the same
 	c.sent(w, nonce, p.version, p)
 	if err := c.s.send(c, w.typeURL, func() error { return h.stream.SendMsg(resp) }); err != nil {
 		return false, err
 	}
 	return true, nil
+}
+
+func byName(a, b *encoding) int { return strings.Compare(a.name, b.name) }
+
+// withNames returns the sorted names of cur plus add minus remove (all
+// sorted), as a new slice.
+func withNames(cur, add, remove []string) []string {
+	out := make([]string, 0, len(cur)+len(add))
+	out = append(append(out, cur...), add...)
+	slices.Sort(out)
+	out = slices.Compact(out)
+	if len(remove) > 0 {
+		out = slices.DeleteFunc(out, func(n string) bool { _, ok := slices.BinarySearch(remove, n); return ok })
+	}
+	return out
+}
+
+// withoutNames returns held without the sorted names, as a new slice when
+// anything is removed (held may be shared with a generated list).
+func withoutNames(held []*encoding, names []string) []*encoding {
+	if len(names) == 0 || len(held) == 0 {
+		return held
+	}
+	out := make([]*encoding, 0, len(held))
+	for _, e := range held {
+		if _, ok := slices.BinarySearch(names, e.name); !ok {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// mergeHeld returns held with res's entries added or replacing those of
+// the same name (both sorted), as a new slice.
+func mergeHeld(held, res []*encoding) []*encoding {
+	out := make([]*encoding, 0, len(held)+len(res))
+	i := 0
+	for _, m := range res {
+		for i < len(held) && held[i].name < m.name {
+			out = append(out, held[i])
+			i++
+		}
+		if i < len(held) && held[i].name == m.name {
+			i++
+		}
+		out = append(out, m)
+	}
+	return append(out, held[i:]...)
 }

@@ -7,8 +7,11 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"unicode/utf8"
+	"unsafe"
 	"weak"
 
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/grpc"
 	grpcencoding "google.golang.org/grpc/encoding"
 	_ "google.golang.org/grpc/encoding/proto" // registers the proto codec this one falls back to
@@ -146,7 +149,7 @@ func (w *wireMessage) size() int {
 
 // sotwResponse encodes a DiscoveryResponse{version_info=1, resources=2,
 // type_url=4, nonce=5} around shared resource encodings.
-func sotwResponse(typeURL, version, nonce string, res []*encoding) *wireMessage {
+func sotwResponse(typeURL, version, nonce string, res []*encoding) (*wireMessage, body) {
 	var h []byte
 	h = protowire.AppendTag(h, 1, protowire.BytesType)
 	h = protowire.AppendString(h, version)
@@ -154,17 +157,13 @@ func sotwResponse(typeURL, version, nonce string, res []*encoding) *wireMessage 
 	h = protowire.AppendString(h, typeURL)
 	h = protowire.AppendTag(h, 5, protowire.BytesType)
 	h = protowire.AppendString(h, nonce)
-	parts := make([][]byte, 0, 1+len(res))
-	parts = append(parts, h)
-	for _, e := range res {
-		parts = append(parts, e.sotw)
-	}
-	return &wireMessage{parts: parts}
+	b := bodyOf(res, false)
+	return &wireMessage{parts: b.parts(h)}, b
 }
 
 // deltaResponse encodes a DeltaDiscoveryResponse{system_version_info=1,
 // resources=2, type_url=4, nonce=5, removed_resources=6}.
-func deltaResponse(typeURL, version, nonce string, res []*encoding, removed []string) *wireMessage {
+func deltaResponse(typeURL, version, nonce string, res []*encoding, removed []string) (*wireMessage, body) {
 	var h []byte
 	h = protowire.AppendTag(h, 1, protowire.BytesType)
 	h = protowire.AppendString(h, version)
@@ -176,12 +175,103 @@ func deltaResponse(typeURL, version, nonce string, res []*encoding, removed []st
 		h = protowire.AppendTag(h, 6, protowire.BytesType)
 		h = protowire.AppendString(h, r)
 	}
-	parts := make([][]byte, 0, 1+len(res))
-	parts = append(parts, h)
-	for _, e := range res {
-		parts = append(parts, e.deltaElement())
+	b := bodyOf(res, true)
+	return &wireMessage{parts: b.parts(h)}, b
+}
+
+// body is the resources part of a response as chunks of concatenated
+// encodings, each chunk built once for every stream sending the same run
+// of resources: the proxies of one namespace get the same clusters,
+// endpoints and routes, save a few of their own (inbound clusters), so
+// 2000 streams share a few dozen chunks. Chunks end where a resource's
+// identity says (content-defined), so a resource of one proxy's own
+// changes its chunk and no other.
+type body []*chunk
+
+type chunk struct {
+	encs  []*encoding
+	bytes []byte
+}
+
+// chunks interns chunks by a hash of their encodings' identities (and the
+// protocol); entries hold weak pointers, as lists do.
+var chunks sync.Map // uint64 → weak.Pointer[chunk]
+
+const (
+	chunkEvery = 32  // a chunk ends after a resource whose hash is 0 mod this…
+	chunkMax   = 256 // …or at this many resources
+)
+
+// bodyOf returns the body of res (delta's element encodings when delta).
+// Streams keep what it returns for as long as they send it.
+func bodyOf(res []*encoding, delta bool) body {
+	var out body
+	for start := 0; start < len(res); {
+		end := start
+		for end < len(res) {
+			h := ptrHash(res[end])
+			end++
+			if h%chunkEvery == 0 || end-start == chunkMax {
+				break
+			}
+		}
+		out = append(out, chunkOf(res[start:end], delta))
+		start = end
 	}
-	return &wireMessage{parts: parts}
+	return out
+}
+
+func ptrHash(e *encoding) uint64 {
+	x := uint64(uintptr(unsafe.Pointer(e)))
+	x ^= x >> 33 // pointers are aligned: mix the high bits down
+	x *= 0xff51afd7ed558ccd
+	return x ^ x>>33
+}
+
+func chunkOf(res []*encoding, delta bool) *chunk {
+	const offset, prime = 14695981039346656037, 1099511628211 // FNV-1a over pointers
+	key := uint64(offset)
+	if delta {
+		key = (key ^ 1) * prime
+	}
+	for _, e := range res {
+		key = (key ^ uint64(uintptr(unsafe.Pointer(e)))) * prime
+	}
+	if v, ok := chunks.Load(key); ok {
+		if c := v.(weak.Pointer[chunk]).Value(); c != nil && slices.Equal(c.encs, res) {
+			return c
+		}
+	}
+	n := 0
+	for _, e := range res {
+		if delta {
+			n += len(e.deltaElement())
+		} else {
+			n += len(e.sotw)
+		}
+	}
+	c := &chunk{encs: slices.Clone(res), bytes: make([]byte, 0, n)}
+	for _, e := range res {
+		if delta {
+			c.bytes = append(c.bytes, e.deltaElement()...)
+		} else {
+			c.bytes = append(c.bytes, e.sotw...)
+		}
+	}
+	wp := weak.Make(c)
+	chunks.Store(key, wp)
+	runtime.AddCleanup(c, func(key uint64) { chunks.CompareAndDelete(key, wp) }, key)
+	return c
+}
+
+// parts is the header followed by the body's chunks.
+func (b body) parts(header []byte) [][]byte {
+	out := make([][]byte, 0, 1+len(b))
+	out = append(out, header)
+	for _, c := range b {
+		out = append(out, c.bytes)
+	}
+	return out
 }
 
 // codec is gRPC's proto codec that also sends wireMessages without
@@ -199,7 +289,18 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 	return c.proto.Marshal(v)
 }
 
-func (c codec) Unmarshal(data mem.BufferSlice, v any) error { return c.proto.Unmarshal(data, v) }
+func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
+	if req, ok := v.(*discoveryv3.DiscoveryRequest); ok {
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		ok = decodeRequest(buf.ReadOnlyData(), req)
+		buf.Free()
+		if ok {
+			return nil
+		}
+		req.Reset()
+	}
+	return c.proto.Unmarshal(data, v)
+}
 
 func (codec) Name() string { return "proto" }
 
@@ -241,4 +342,73 @@ func internList(sorted []string) *nameList {
 	lists.Store(key, wp)
 	runtime.AddCleanup(l, func(key uint64) { lists.CompareAndDelete(key, wp) }, key)
 	return l
+}
+
+// A state-of-the-world ACK repeats the proxy's whole subscription: on an
+// endpoint change 2000 sidecars each send the same 2000 cluster names.
+// Requests are therefore decoded with their resource names looked up in
+// a table of names already seen, so an ACK allocates none and its names
+// compare with the shared subscription lists by pointer.
+
+// names interns subscribed resource names.
+var names = interner{m: map[string]string{}}
+
+// maxInterned bounds the table: names come from proxies, and names of
+// config long gone are never removed, so a full table starts over.
+const maxInterned = 1 << 20
+
+type interner struct {
+	mu sync.RWMutex
+	m  map[string]string
+}
+
+func (t *interner) intern(b []byte) string {
+	t.mu.RLock()
+	s, ok := t.m[string(b)]
+	t.mu.RUnlock()
+	if ok {
+		return s
+	}
+	s = string(b)
+	t.mu.Lock()
+	if len(t.m) >= maxInterned {
+		t.m = make(map[string]string)
+	}
+	t.m[s] = s
+	t.mu.Unlock()
+	return s
+}
+
+// decodeRequest decodes a DiscoveryRequest with interned resource names
+// (field 3); every other field goes through the proto library. It reports
+// false when the message is not well-formed, for the proto library to
+// decode and explain.
+func decodeRequest(b []byte, req *discoveryv3.DiscoveryRequest) bool {
+	var rest []byte
+	var list []string
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return false
+		}
+		if num == 3 && typ == protowire.BytesType {
+			v, k := protowire.ConsumeBytes(b[n:])
+			if k < 0 || !utf8.Valid(v) {
+				return false
+			}
+			list = append(list, names.intern(v))
+		} else {
+			rest = append(rest, b[:n+m]...)
+		}
+		b = b[n+m:]
+	}
+	if err := proto.Unmarshal(rest, req); err != nil {
+		return false
+	}
+	req.ResourceNames = list
+	return true
 }
