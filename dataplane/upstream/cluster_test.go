@@ -511,3 +511,27 @@ func TestWriteClustersTextAndJSON(t *testing.T) {
 		t.Errorf("json /clusters: %s", js.String())
 	}
 }
+
+// upstream_bind_config's source address is where connections leave from:
+// Istio's inbound clusters deliver from 127.0.0.6, which capture rules
+// let through. A source that is not an IP is refused naming the field.
+func TestUpstreamBindConfigSourceAddress(t *testing.T) {
+	m, _ := newTestManager(t)
+	b := newBackend(t, "b", func(w http.ResponseWriter, r *http.Request) {
+		host, _, _ := net.SplitHostPort(r.RemoteAddr)
+		io.WriteString(w, host)
+	})
+	c := staticCluster("inbound|9080||", ep{addr: b.addr()})
+	c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: "127.0.0.6"}}
+	cl := mustAdd(t, m, c)
+	if r := send(cl, &core.LBContext{}); r.body != "127.0.0.6" {
+		t.Errorf("backend saw the connection from %+v, want 127.0.0.6", r)
+	}
+
+	bad := staticCluster("inbound|9081||", ep{addr: b.addr()})
+	bad.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: "localhost"}}
+	err := m.Validate(bad)
+	if err == nil || !strings.Contains(err.Error(), `cluster "inbound|9081||"`) || !strings.Contains(err.Error(), "upstream_bind_config.source_address.address") {
+		t.Errorf("a source address that is not an IP: %v, want an error naming the cluster and field", err)
+	}
+}

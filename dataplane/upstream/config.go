@@ -3,6 +3,8 @@ package upstream
 import (
 	"fmt"
 	"math"
+	"net"
+	"net/netip"
 	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -55,6 +57,10 @@ type config struct {
 	discovery      clusterv3.Cluster_DiscoveryType
 	edsServiceName string
 	connectTimeout time.Duration
+	// sourceAddr is upstream_bind_config's source address: connections
+	// leave from it (Istio's inbound clusters use 127.0.0.6 so capture
+	// rules can tell the sidecar's delivery from the app's own traffic).
+	sourceAddr *net.TCPAddr
 
 	lb              lbKind
 	panicThreshold  float64 // percent; 0 disables panic mode
@@ -192,6 +198,17 @@ func compile(c *clusterv3.Cluster) (*config, error) {
 		return nil, errf("type", "discovery type %s is not supported", cfg.discovery)
 	}
 
+	if b := c.GetUpstreamBindConfig(); b != nil {
+		sa := b.GetSourceAddress()
+		ip, err := netip.ParseAddr(sa.GetAddress())
+		if err != nil {
+			return nil, errf("upstream_bind_config.source_address.address", "%q is not an IP address", sa.GetAddress())
+		}
+		if sa.GetPortValue() > 65535 {
+			return nil, errf("upstream_bind_config.source_address.port_value", "%d is not a port", sa.GetPortValue())
+		}
+		cfg.sourceAddr = &net.TCPAddr{IP: ip.AsSlice(), Port: int(sa.GetPortValue())}
+	}
 	if err := compileLB(c, cfg, errf); err != nil {
 		return nil, err
 	}

@@ -186,7 +186,10 @@ func (h *host) dial(ctx context.Context, tc *tls.Config) (net.Conn, error) {
 	c := h.c
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.connectTimeout)
 	defer cancel()
-	var d net.Dialer
+	d := net.Dialer{}
+	if c.cfg.sourceAddr != nil {
+		d.LocalAddr = c.cfg.sourceAddr
+	}
 	nc, err := d.DialContext(ctx, "tcp", h.addr)
 	if err == nil && tc != nil {
 		tlsConn := tls.Client(nc, tc)

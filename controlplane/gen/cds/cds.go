@@ -44,9 +44,10 @@ const (
 
 // Options are the mesh settings cluster generation depends on.
 type Options struct {
-	// InboundAddress is where inbound clusters deliver to the workload;
-	// default "127.0.0.1", right for skiff's local mesh where the proxy
-	// and its app share a loopback (Istio ≥1.10 in a pod uses the pod IP).
+	// InboundAddress is where inbound clusters deliver to the workload
+	// when nothing is captured (INTERCEPTION_MODE NONE); default
+	// "127.0.0.1". Captured traffic is delivered as Istio ≥1.10 does: to
+	// its original destination, the pod's own address, from 127.0.0.6.
 	InboundAddress string
 	// DisableAutoMTLS turns off Istio's auto mutual TLS: without it, a
 	// cluster whose DestinationRule sets no TLS mode speaks Istio mTLS to
@@ -137,7 +138,7 @@ func (g *Generator) Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 		return append(slices.Clip(g.routerFixed), out...)
 	}
 	// Upper-case names sort first: fixed, then inbound|…, then outbound|….
-	in := c.once(c.inbound, scope.Key()+"\x00"+strings.Join(p.IPs, ","), func() []xds.Resource {
+	in := c.once(c.inbound, scope.Key()+"\x00"+strings.Join(p.IPs, ",")+"\x00"+strconv.FormatBool(p.Captured()), func() []xds.Resource {
 		var res []xds.Resource
 		for _, cl := range g.inbound(p, ix, scope) {
 			res = append(res, resource(cl))

@@ -70,10 +70,12 @@ func names(res []xds.Resource) []string {
 	return out
 }
 
-// TestInboundClusters checks the inbound side: one STATIC cluster per
-// port the workload serves, to the configured inbound address, and the
-// Sidecar's ingress listeners replacing them when declared. Gateways get
-// no inbound or passthrough clusters.
+// TestInboundClusters checks the inbound side: one cluster per port the
+// workload serves — for captured traffic delivered as is to its original
+// destination from 127.0.0.6 (Istio ≥1.10), without capture to the
+// configured inbound address — and the Sidecar's ingress listeners
+// replacing them when declared. Gateways get no inbound or passthrough
+// clusters.
 func TestInboundClusters(t *testing.T) {
 	ix := gentest.Bookinfo(t)
 	p := gentest.Sidecar(t, ix, "default", "reviews-v2-0")
@@ -82,9 +84,17 @@ func TestInboundClusters(t *testing.T) {
 	if in == nil {
 		t.Fatalf("no inbound|9080|| in %v", slices.Sorted(mapsKeys(got)))
 	}
+	if in.GetType() != clusterv3.Cluster_ORIGINAL_DST || in.GetLbPolicy() != clusterv3.Cluster_CLUSTER_PROVIDED ||
+		in.GetUpstreamBindConfig().GetSourceAddress().GetAddress() != "127.0.0.6" || in.GetLoadAssignment() != nil {
+		t.Errorf("captured inbound|9080||: type %s, lb %s, source %q, load assignment %v; want ORIGINAL_DST, CLUSTER_PROVIDED, from 127.0.0.6, none",
+			in.GetType(), in.GetLbPolicy(), in.GetUpstreamBindConfig().GetSourceAddress().GetAddress(), in.GetLoadAssignment())
+	}
+	uncaptured := *p
+	uncaptured.InterceptionMode = "NONE"
+	in = clusters(t, cds.New(cds.Options{InboundAddress: "127.0.0.2"}).Generate(&uncaptured, ix))["inbound|9080||"]
 	sa := in.GetLoadAssignment().GetEndpoints()[0].GetLbEndpoints()[0].GetEndpoint().GetAddress().GetSocketAddress()
 	if in.GetType() != clusterv3.Cluster_STATIC || sa.GetAddress() != "127.0.0.2" || sa.GetPortValue() != 9080 {
-		t.Errorf("inbound|9080||: type %s to %s:%d, want STATIC to 127.0.0.2:9080", in.GetType(), sa.GetAddress(), sa.GetPortValue())
+		t.Errorf("uncaptured inbound|9080||: type %s to %s:%d, want STATIC to 127.0.0.2:9080", in.GetType(), sa.GetAddress(), sa.GetPortValue())
 	}
 	for _, n := range []string{cds.PassthroughCluster, cds.BlackHoleCluster, cds.InboundPassthroughCluster} {
 		if got[n] == nil {

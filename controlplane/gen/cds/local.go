@@ -64,13 +64,18 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index, scope *index.SidecarS
 		host  string
 		port  int
 		proto model.Protocol
+		// asIs delivers to the connection's original destination (the
+		// pod's own address) from 127.0.0.6, as Istio ≥1.10 does for
+		// captured traffic: apps bound to the pod IP only are reached,
+		// and capture rules let the delivery through.
+		asIs bool
 	}
 	ports := map[int]target{}
 	if ing := scope.IngressListeners(); len(ing) > 0 {
 		for _, l := range ing {
 			host, port, ok := parseDefaultEndpoint(l.GetDefaultEndpoint(), g.o.InboundAddress)
 			if ok {
-				ports[int(l.GetPort().GetNumber())] = target{host, port, model.ParseProtocol(l.GetPort().GetProtocol())}
+				ports[int(l.GetPort().GetNumber())] = target{host, port, model.ParseProtocol(l.GetPort().GetProtocol()), false}
 			}
 		}
 	} else {
@@ -80,7 +85,7 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index, scope *index.SidecarS
 					continue
 				}
 				if _, dup := ports[in.Port]; !dup {
-					ports[in.Port] = target{g.o.InboundAddress, in.Port, in.ServicePort.Protocol}
+					ports[in.Port] = target{g.o.InboundAddress, in.Port, in.ServicePort.Protocol, p.Captured()}
 				}
 			}
 		}
@@ -95,6 +100,12 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index, scope *index.SidecarS
 			LoadAssignment: &endpointv3.ClusterLoadAssignment{ClusterName: name, Endpoints: []*endpointv3.LocalityLbEndpoints{{
 				LbEndpoints: []*endpointv3.LbEndpoint{{HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(pt.host, pt.port)}}}},
 			}}},
+		}
+		if pt.asIs {
+			c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_ORIGINAL_DST}
+			c.LbPolicy = clusterv3.Cluster_CLUSTER_PROVIDED
+			c.LoadAssignment = nil
+			c.UpstreamBindConfig = &corev3.BindConfig{SourceAddress: &corev3.SocketAddress{Address: "127.0.0.6", PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: 0}}}
 		}
 		b := &builder{c: c, thresholds: defaultThresholds()}
 		b.protocol(pt.proto, nil)
