@@ -56,8 +56,9 @@ type Change struct {
 // read failed as a whole (Unreadable, e.g. a YAML syntax error) keeps all
 // its previous objects, and so does, for the keys it no longer declares,
 // an origin with an error not tied to any object (a misspelt kind could
-// hide any of them); a key declared by two origins is taken from the
-// origin whose name sorts first (so the outcome does not depend on the
+// hide any of them); a key declared by two origins is taken from a
+// preferred origin (SetPreferred), else from the origin whose name sorts
+// first (so the outcome does not depend on the
 // order events arrived in) and the other declaration is reported. Calls
 // for one origin must not overlap; calls for different origins may.
 type Store struct {
@@ -66,11 +67,12 @@ type Store struct {
 
 	mu        sync.Mutex
 	origins   map[string]*originState
-	holders   map[Key][]string // origins holding a valid object for the key, sorted
+	holders   map[Key][]string // origins holding a valid object for the key, in holderOrder
 	conflicts map[Key][]ObjectError
 	version   uint64
 	subs      []*subscriber
 	refCheck  func([]*Object) []ObjectError
+	preferred func(origin string) bool
 	refCache  struct {
 		version uint64
 		errs    []ObjectError
@@ -101,6 +103,31 @@ func NewStore(validate Validator, log *slog.Logger) *Store {
 	}
 	s.snap.Store(&Snapshot{kinds: map[Kind]*kindTable{}})
 	return s
+}
+
+// SetPreferred makes the origins for which prefer reports true win over
+// the others when both declare an object: the local mesh's `skiff apply`
+// over the directory it was started on, as kubectl apply replaces what a
+// manifest created. Call it before objects arrive.
+func (s *Store) SetPreferred(prefer func(origin string) bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.preferred = prefer
+}
+
+// holderOrder sorts the origins declaring one key: preferred ones first,
+// then by name.
+func (s *Store) holderOrder(a, b string) int {
+	if s.preferred != nil {
+		pa, pb := s.preferred(a), s.preferred(b)
+		if pa != pb {
+			if pa {
+				return -1
+			}
+			return 1
+		}
+	}
+	return strings.Compare(a, b)
 }
 
 // SetReferenceChecker installs fn, which looks across all objects (a
@@ -358,7 +385,7 @@ func (s *Store) setErrors(origin string, st *originState, errs map[Key][]ObjectE
 // setHolder records whether origin holds a valid object for k.
 func (s *Store) setHolder(k Key, origin string, holds bool) {
 	h := s.holders[k]
-	i, found := slices.BinarySearch(h, origin)
+	i, found := slices.BinarySearchFunc(h, origin, s.holderOrder)
 	switch {
 	case holds && !found:
 		h = slices.Insert(slices.Clone(h), i, origin)

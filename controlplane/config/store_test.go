@@ -215,6 +215,28 @@ func TestStoreSameKeyInTwoFiles(t *testing.T) {
 	}
 }
 
+// A preferred origin wins over the others whatever the names, as the
+// local mesh's `skiff apply` replaces what its directory declared; when
+// it lets go, the other declaration is in force again.
+func TestStorePreferredOriginWins(t *testing.T) {
+	store := config.NewStore(nil, nil)
+	store.SetPreferred(func(origin string) bool { return strings.HasPrefix(origin, "z-applied") })
+	src := memory.New(store)
+	src.Apply("a.yaml", vs("reviews", 10, 90))
+	src.Apply("z-applied.yaml", vs("reviews", 70, 30))
+	if got := weights(t, store.Snapshot(), "reviews"); got != [2]uint32{70, 30} {
+		t.Errorf("in force: %v, want the preferred origin's 70/30", got)
+	}
+	want := []string{"a.yaml:1: VirtualService default/reviews: also declared at z-applied.yaml:1, which is in force; this one is ignored: rename or delete one of them"}
+	if got := errorStrings(store.Errors()); !slices.Equal(got, want) {
+		t.Errorf("errors\n got: %q\nwant: %q", got, want)
+	}
+	src.Remove("z-applied.yaml")
+	if got := weights(t, store.Snapshot(), "reviews"); got != [2]uint32{10, 90} {
+		t.Errorf("after the preferred origin let go: %v, want a.yaml's 10/90", got)
+	}
+}
+
 // recorder collects the changes a subscriber sees.
 type recorder struct {
 	mu      sync.Mutex
