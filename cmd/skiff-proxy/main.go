@@ -23,6 +23,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == "iptables" {
+		return runIptables(args[1:], os.Stdout, os.Stderr)
+	}
 	fs := flag.NewFlagSet("skiff-proxy", flag.ContinueOnError)
 	var (
 		config       = fs.String("c", "", "path to an Envoy v3 bootstrap file (YAML or JSON)")
