@@ -63,14 +63,17 @@ func inboundPorts(p *xds.Proxy, ix *index.Index) []inboundPort {
 }
 
 // inboundListener is Istio's virtualInbound: connections redirected to
-// 15006 are matched by their original destination port to the workload's
-// ports; anything else passes through to the original destination.
+// 15006 are matched by their original destination port (restored by the
+// original_dst listener filter) to the workload's ports; anything else
+// passes through to the original destination. It hands nothing off by
+// use_original_dst, as Istio's does not: the outbound listener of the
+// same port ("0.0.0.0_9080") would take inbound traffic and send it
+// straight back to the pod, round and round.
 // Chains are plaintext; mutual TLS chains per port slot in beside them.
 func inboundListener(p *xds.Proxy, ix *index.Index) *listenerv3.Listener {
 	l := &listenerv3.Listener{
 		Name:             "virtualInbound",
 		Address:          socketAddress("0.0.0.0", InboundCapturePort),
-		UseOriginalDst:   wrapperspb.Bool(true),
 		TrafficDirection: corev3.TrafficDirection_INBOUND,
 		ListenerFilters:  []*listenerv3.ListenerFilter{originalDstFilter, tlsInspectorFilter, httpInspectorFilter},
 		FilterChains: []*listenerv3.FilterChain{{
