@@ -25,11 +25,11 @@ import (
 func gatewayListeners(p *xds.Proxy, ix *index.Index) []*listenerv3.Listener {
 	byPort := map[int][]rds.Server{}
 	var ports []int
-	for _, s := range rds.GatewayServers(ix.Gateways(p)) {
-		if _, ok := byPort[s.Port()]; !ok {
-			ports = append(ports, s.Port())
+	for _, s := range rds.ServersFor(p, ix) {
+		if _, ok := byPort[s.BindPort()]; !ok {
+			ports = append(ports, s.BindPort())
 		}
-		byPort[s.Port()] = append(byPort[s.Port()], s)
+		byPort[s.BindPort()] = append(byPort[s.BindPort()], s)
 	}
 	slices.Sort(ports)
 	var out []*listenerv3.Listener

@@ -116,6 +116,9 @@ func cacheKey(p *xds.Proxy, ix *index.Index, inbound bool) string {
 	for _, g := range ix.Gateways(p) {
 		b.WriteString("|gw:" + index.GatewayName(g))
 	}
+	if p.Type == xds.RouterProxy {
+		b.WriteString("|ports:" + rds.GatewayPortKey(p, ix))
+	}
 	return b.String()
 }
 

@@ -1,6 +1,7 @@
 package rds
 
 import (
+	"slices"
 	"strconv"
 	"strings"
 
@@ -18,6 +19,64 @@ import (
 type Server struct {
 	Gateway *config.Object
 	Spec    *networking.Server
+	// ListenPort is where the gateway listens for the server: the target
+	// port of the gateway Service port numbered like the server (Istio's
+	// ingress gateway Service maps 80 to 8080), else the server's port.
+	ListenPort int
+}
+
+// ServersFor lists the servers of the Gateways selecting p, each with
+// the port p listens on for it.
+func ServersFor(p *xds.Proxy, ix *index.Index) []Server {
+	targets := gatewayTargetPorts(p, ix)
+	out := GatewayServers(ix.Gateways(p))
+	for i := range out {
+		out[i].ListenPort = out[i].Port()
+		if t, ok := targets[out[i].Port()]; ok {
+			out[i].ListenPort = t
+		}
+	}
+	return out
+}
+
+// gatewayTargetPorts maps the service ports of the services p's pod
+// serves to their target ports.
+func gatewayTargetPorts(p *xds.Proxy, ix *index.Index) map[int]int {
+	m := map[int]int{}
+	for _, ip := range p.IPs {
+		for _, in := range ix.Registry().InstancesByIP(ip) {
+			if in.ServicePort != nil && in.Port != 0 {
+				if _, dup := m[in.ServicePort.Port]; !dup {
+					m[in.ServicePort.Port] = in.Port
+				}
+			}
+		}
+	}
+	return m
+}
+
+// GatewayPortKey is the part of a router's cache keys its port mapping
+// adds.
+func GatewayPortKey(p *xds.Proxy, ix *index.Index) string {
+	m := gatewayTargetPorts(p, ix)
+	keys := make([]int, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		b.WriteString(strconv.Itoa(k) + ">" + strconv.Itoa(m[k]) + ",")
+	}
+	return b.String()
+}
+
+// BindPort is the port the gateway listens on for the server.
+func (s Server) BindPort() int {
+	if s.ListenPort != 0 {
+		return s.ListenPort
+	}
+	return s.Port()
 }
 
 // GatewayServers lists the servers of the given gateways in order.
@@ -57,13 +116,15 @@ func (s Server) terminatesTLS() bool {
 
 // RouteName is Istio's name for the server's route configuration:
 // "http.PORT" for plain HTTP, "https.PORT.PORTNAME.GATEWAY.NAMESPACE" for
-// terminated HTTPS, "" when the server is not HTTP.
+// terminated HTTPS, "" when the server is not HTTP. PORT is the port
+// listened on ("http.8080" for a port-80 server behind Istio's gateway
+// Service).
 func (s Server) RouteName() string {
 	switch {
 	case s.Protocol().IsHTTP():
-		return "http." + strconv.Itoa(s.Port())
+		return "http." + strconv.Itoa(s.BindPort())
 	case s.TerminatesHTTP():
-		return "https." + strconv.Itoa(s.Port()) + "." + s.Spec.GetPort().GetName() + "." +
+		return "https." + strconv.Itoa(s.BindPort()) + "." + s.Spec.GetPort().GetName() + "." +
 			s.Gateway.Meta.Name + "." + s.Gateway.Meta.Namespace
 	}
 	return ""
@@ -73,7 +134,7 @@ func (s Server) RouteName() string {
 // host a bound VirtualService declares within a server's hosts.
 func buildGateway(p *xds.Proxy, ix *index.Index, name string) *routev3.RouteConfiguration {
 	var servers []Server
-	for _, s := range GatewayServers(ix.Gateways(p)) {
+	for _, s := range ServersFor(p, ix) {
 		if s.RouteName() == name {
 			servers = append(servers, s)
 		}

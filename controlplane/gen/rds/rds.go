@@ -74,6 +74,9 @@ func cacheKey(p *xds.Proxy, ix *index.Index) string {
 	for _, g := range ix.Gateways(p) {
 		b.WriteString("|gw:" + index.GatewayName(g))
 	}
+	if p.Type == xds.RouterProxy {
+		b.WriteString("|ports:" + GatewayPortKey(p, ix))
+	}
 	b.WriteString("|dr:" + ix.DestinationRuleSelectorKey(p.Namespace, p.Labels))
 	return b.String()
 }
@@ -90,7 +93,7 @@ func RouteNames(p *xds.Proxy, ix *index.Index) []string {
 			}
 		}
 	case p.Type == xds.RouterProxy:
-		for _, s := range GatewayServers(ix.Gateways(p)) {
+		for _, s := range ServersFor(p, ix) {
 			if n := s.RouteName(); n != "" && !slices.Contains(out, n) {
 				out = append(out, n)
 			}
