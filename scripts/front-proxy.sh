@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds skiff-proxy and runs it from a plain Envoy front-proxy bootstrap in
+# Builds skiff-proxy and runs it alone from a plain Envoy front-proxy bootstrap in
 # front of a sample server, then shows a request going through it. Ctrl-C
 # stops both.
 set -euo pipefail

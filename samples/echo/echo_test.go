@@ -33,7 +33,7 @@ func startHTTP(t *testing.T, h http.Handler) string {
 	t.Cleanup(func() {
 		cancel()
 		if err := <-done; err != nil {
-			t.Errorf("ServeHTTP: %v", err)
+			t.Errorf("ServeHTTP on %s: %v", ln.Addr(), err)
 		}
 	})
 	return "http://" + ln.Addr().String()
@@ -145,7 +145,11 @@ func TestLoadCountsVersionsAndCodes(t *testing.T) {
 	v2 := startHTTP(t, &Server{Service: "echo", Version: "v2"})
 	// Three of every four requests to v1, as a 75/25 weighted route would.
 	var n atomic.Int64
-	front := startHTTP(t, &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
+	// The proxy's own transport, closed before the backends shut down:
+	// its kept-alive connections would hold their graceful shutdown.
+	tr := &http.Transport{}
+	t.Cleanup(tr.CloseIdleConnections)
+	front := startHTTP(t, &httputil.ReverseProxy{Transport: tr, Rewrite: func(r *httputil.ProxyRequest) {
 		target := v1
 		if n.Add(1)%4 == 0 {
 			target = v2

@@ -1,0 +1,69 @@
+package mesh
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"github.com/skiff-mesh/skiff/localmesh"
+)
+
+// Up is `skiff up DIR`: it runs the mesh of DIR in the foreground until
+// Ctrl-C or `skiff down`.
+func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := newFlags("up", "skiff up DIR [flags]", stderr)
+	stateDir := stateDirFlag(fs)
+	xdsAddr := fs.String("xds-addr", "", "skiffd's plaintext xDS address (default 127.0.0.1:15010; 198.18.0.1:15010, the pods' bridge, with netns capture)")
+	monAddr := fs.String("monitoring-addr", "127.0.0.1:15014", "skiffd's debug and metrics address")
+	apiAddr := fs.String("api-addr", "127.0.0.1:0", "the control API skiff apply|delete|status|down use (recorded in mesh.json)")
+	gwPort := fs.Int("gateway-port", 8080, "loopback port forwarded to the ingress gateway; 0 picks a free one")
+	capture := fs.String("capture", localmesh.CaptureAuto, "traffic capture: auto (netns as root on Linux, else loopback), loopback or netns")
+	logLevel := fs.String("log-level", "info", "skiffd's log level (debug, info, warn, error), written to STATE_DIR/logs/skiffd.log")
+	pos, err := parse(fs, args)
+	if err != nil {
+		return 2
+	}
+	if len(pos) != 1 {
+		fmt.Fprintln(stderr, "skiff up: give one directory of manifests: skiff up DIR (e.g. skiff up samples/bookinfo/platform/local)")
+		return 2
+	}
+	switch *capture {
+	case localmesh.CaptureAuto, localmesh.CaptureLoopback, localmesh.CaptureNetns:
+	default:
+		fmt.Fprintf(stderr, "skiff up: --capture %q: want auto, loopback or netns\n", *capture)
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
+		fmt.Fprintf(stderr, "skiff up: --log-level %q: want debug, info, warn or error\n", *logLevel)
+		return 2
+	}
+	if err := os.MkdirAll(filepath.Join(*stateDir, "logs"), 0o755); err != nil {
+		fmt.Fprintln(stderr, "skiff up: state directory:", err)
+		return 1
+	}
+	logf, err := os.OpenFile(filepath.Join(*stateDir, "logs", "skiffd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		fmt.Fprintln(stderr, "skiff up: state directory:", err)
+		return 1
+	}
+	defer logf.Close()
+
+	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	err = localmesh.Run(ctx, localmesh.Options{
+		Dir: pos[0], StateDir: *stateDir, XDSAddr: *xdsAddr, MonitoringAddr: *monAddr, APIAddr: *apiAddr,
+		GatewayPort: *gwPort, Capture: *capture, Progress: stdout,
+		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: level})),
+	})
+	if err != nil {
+		fmt.Fprintln(stderr, "skiff up:", err)
+		return 1
+	}
+	return 0
+}
