@@ -412,6 +412,11 @@ func (s *Store) apply(keys []Key) {
 			winner = s.origins[h[0]].objs[k]
 			for _, other := range h[1:] {
 				o := s.origins[other].objs[k]
+				if s.preferred != nil && s.preferred(h[0]) && !s.preferred(other) {
+					s.conflicts[k] = append(s.conflicts[k], ObjectError{Pos: o.Source, Key: k,
+						Message: "replaced by the one applied from " + where(winner, h[0]) + ", which is in force; deleting that one restores this"})
+					continue
+				}
 				s.conflicts[k] = append(s.conflicts[k], duplicateError(o, winner, h[0]))
 			}
 		}

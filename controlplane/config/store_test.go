@@ -227,7 +227,7 @@ func TestStorePreferredOriginWins(t *testing.T) {
 	if got := weights(t, store.Snapshot(), "reviews"); got != [2]uint32{70, 30} {
 		t.Errorf("in force: %v, want the preferred origin's 70/30", got)
 	}
-	want := []string{"a.yaml:1: VirtualService default/reviews: also declared at z-applied.yaml:1, which is in force; this one is ignored: rename or delete one of them"}
+	want := []string{"a.yaml:1: VirtualService default/reviews: replaced by the one applied from z-applied.yaml:1, which is in force; deleting that one restores this"}
 	if got := errorStrings(store.Errors()); !slices.Equal(got, want) {
 		t.Errorf("errors\n got: %q\nwant: %q", got, want)
 	}
