@@ -42,6 +42,8 @@ type Report struct {
 	MonitoringAddr string      `json:"monitoring_addr"`
 	Capture        string      `json:"capture"`
 	Pods           []PodStatus `json:"pods"`
+	// Gateways are the Gateway API Gateways' listeners and their URLs.
+	Gateways []GatewayURL `json:"gateways,omitempty"`
 	// Problems are workloads that cannot start, with where and why.
 	Problems []string `json:"problems,omitempty"`
 }
@@ -228,7 +230,8 @@ func (m *mesh) serveDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
-	rep := Report{GatewayURL: m.gatewayURL, MonitoringAddr: m.srv.MonitoringAddr().String(), Capture: m.capture}
+	rep := Report{GatewayURL: m.gatewayURL, MonitoringAddr: m.srv.MonitoringAddr().String(), Capture: m.capture,
+		Gateways: m.gatewayURLs()}
 	if path := productPagePath(m.store.Snapshot()); path != "" {
 		rep.ProductPageURL = m.gatewayURL + path
 	}

@@ -135,6 +135,7 @@ type mesh struct {
 	started time.Time
 
 	gatewayURL string
+	gwFwd      gatewayForwards // the Gateway API gateways' loopback URLs (gatewayapi.go)
 	apiAddr    string
 	progressMu sync.Mutex
 
@@ -483,13 +484,17 @@ func productPagePath(snap *config.Snapshot) string {
 	return ""
 }
 
+// builtinGatewayKey is the built-in ingress gateway pod's key; the
+// reconciler leaves that pod alone.
+const builtinGatewayKey = "gateway"
+
 // startGateway runs the built-in ingress gateway's pod.
 func (m *mesh) startGateway(ctx context.Context) (*pod, error) {
 	t := gatewayTemplate()
 	p := &pod{
 		name: gatewayName + "-" + templateHash(&t) + "-" + randomSuffix(5), namespace: gatewayNamespace, uid: newUID(),
 		labels: withHash(t.Labels, templateHash(&t)), serviceAccount: gatewayServiceAccount, spec: &t.Spec,
-		owner: &owner{name: gatewayName, uid: newUID()}, hash: templateHash(&t), key: "gateway", gateway: true,
+		owner: &owner{name: gatewayName, uid: newUID()}, hash: templateHash(&t), key: builtinGatewayKey, gateway: true,
 		created: time.Now(),
 	}
 	if err := m.startPod(ctx, p, "gateway"); err != nil {
@@ -544,11 +549,12 @@ func (m *mesh) desiredPods(snap *config.Snapshot) []desired {
 // new replicas, fewer replicas, changed templates (pods replaced), removed
 // workloads.
 func (m *mesh) reconcile(ctx context.Context) {
+	m.syncGatewayAPI(ctx) // publishes Gateway API gateways' Deployments first (gatewayapi.go)
 	want := m.desiredPods(m.store.Snapshot())
 	m.mu.Lock()
 	byKey := map[string][]*pod{}
 	for _, p := range m.pods {
-		if !p.gateway {
+		if p.key != builtinGatewayKey {
 			byKey[p.key] = append(byKey[p.key], p)
 		}
 	}
@@ -650,7 +656,10 @@ func (m *mesh) startDesired(ctx context.Context, d desired) bool {
 	if p.serviceAccount == "" {
 		p.serviceAccount = "default"
 	}
-	p.sidecar = m.wantsSidecar(p)
+	// A gateway pod (Istio's gateway injection template) runs the
+	// proxy alone, as a router.
+	p.gateway = isGatewayPod(d.tmpl)
+	p.sidecar = !p.gateway && m.wantsSidecar(p)
 	if err := m.startPod(ctx, p, d.path); err != nil {
 		msg := describeAt(d.obj, err)
 		m.mu.Lock()

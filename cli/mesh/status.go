@@ -54,6 +54,9 @@ func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stdout, "product page:", rep.ProductPageURL)
 	}
 	fmt.Fprintln(stdout, "ingress:     ", rep.GatewayURL)
+	for _, g := range rep.Gateways {
+		fmt.Fprintf(stdout, "gateway:      %s port %d at %s\n", g.Gateway, g.Port, g.URL)
+	}
 	fmt.Fprintf(stdout, "skiffd:       http://%s/debug/syncz\n", rep.MonitoringAddr)
 	fmt.Fprintln(stdout, "capture:     ", rep.Capture)
 	for _, p := range rep.Problems {
