@@ -44,7 +44,8 @@ type Report struct {
 	Pods           []PodStatus `json:"pods"`
 	// Gateways are the Gateway API Gateways' listeners and their URLs.
 	Gateways []GatewayURL `json:"gateways,omitempty"`
-	// Problems are workloads that cannot start, with where and why.
+	// Problems are workloads that cannot start, with where and why, and
+	// skiffd while it is down.
 	Problems []string `json:"problems,omitempty"`
 }
 
@@ -230,12 +231,12 @@ func (m *mesh) serveDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
-	rep := Report{GatewayURL: m.gatewayURL, MonitoringAddr: m.srv.MonitoringAddr().String(), Capture: m.capture,
+	rep := Report{GatewayURL: m.gatewayURL, MonitoringAddr: m.monAddr, Capture: m.capture,
 		Gateways: m.gatewayURLs()}
 	if path := productPagePath(m.store.Snapshot()); path != "" {
 		rep.ProductPageURL = m.gatewayURL + path
 	}
-	sync := proxySync(r.Context(), "http://"+m.srv.MonitoringAddr().String())
+	sync := proxySync(r.Context(), "http://"+m.monAddr)
 	for _, p := range m.sortedPods() {
 		ps := PodStatus{Namespace: p.namespace, Name: p.name, IP: p.ip.String(), Status: "Running", Proxy: "-",
 			Age: time.Since(p.created).Round(time.Second)}
@@ -268,6 +269,9 @@ func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
 		rep.Problems = append(rep.Problems, msg)
 	}
 	m.mu.Unlock()
+	if _, running, _, _, lastErr := m.skiffd.snapshot(); !running {
+		rep.Problems = append(rep.Problems, fmt.Sprintf("skiffd is not running (%s); it is being restarted with back-off, and the proxies keep serving their last config meanwhile; log: %s", lastErr, m.skiffd.logPath))
+	}
 	writeJSON(w, rep)
 }
 

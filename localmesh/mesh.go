@@ -1,11 +1,13 @@
 // Package localmesh runs a mesh on one machine, as `skiff up DIR` does:
-// skiffd in-process with DIR as its file source, every replica of every
-// Deployment (and every bare Pod) of DIR as local processes with a
-// skiff-proxy sidecar, and Istio's default ingress gateway reachable on a
-// loopback port. It owns the pods' lifecycle (start, readiness, restart
-// with CrashLoopBackOff, scale on edits), the Pods it publishes to the
-// config store, the state directory (mesh.json and logs) and the control
-// API the `skiff apply|delete|status|down` verbs call.
+// a config store fed by DIR (the local mesh's API server), skiffd as a
+// child process serving a mirror of that store and restarted when it
+// exits, every replica of every Deployment (and every bare Pod) of DIR as
+// local processes with a skiff-proxy sidecar, and Istio's default ingress
+// gateway reachable on a loopback port. It owns the pods' lifecycle
+// (start, readiness, restart with CrashLoopBackOff, scale on edits), the
+// Pods it publishes to the store, the state directory (mesh.json, logs,
+// skiffd's config) and the control API the `skiff apply|delete|status|down`
+// verbs call.
 package localmesh
 
 import (
@@ -25,14 +27,12 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
-	"github.com/skiff-mesh/skiff/controlplane/server"
 )
 
 // Capture modes.
@@ -52,13 +52,20 @@ type Options struct {
 	GatewayPort    int    // loopback port forwarded to the gateway; 0 picks one
 	Capture        string // auto, loopback or netns
 	ProxyPath      string // skiff-proxy; "" looks next to the executable, then in PATH
+	SkiffdPath     string // skiffd, looked up as ProxyPath
+	LogLevel       string // skiffd's --log-level (default info)
 	Backoff        Backoff
+	// BuiltinSkiffd is the command line of a skiffd built into the
+	// running program (skiff __skiffd), used when no skiffd binary is
+	// found; nil: none.
+	BuiltinSkiffd []string
 	// Grace is how long a stopped process gets between SIGTERM and
 	// SIGKILL (default 5 s).
 	Grace time.Duration
 	// Progress receives one line per step as it happens; nil discards.
 	Progress io.Writer
-	// Logger receives skiffd's log; nil discards.
+	// Logger receives the supervisor's log (its reading of DIR); nil
+	// discards. skiffd's own goes to STATE/logs/skiffd.log.
 	Logger *slog.Logger
 }
 
@@ -90,6 +97,9 @@ func (o *Options) defaults() error {
 	}
 	if o.Capture == "" {
 		o.Capture = CaptureAuto
+	}
+	if o.LogLevel == "" {
+		o.LogLevel = "info"
 	}
 	if o.Grace <= 0 {
 		o.Grace = 5 * time.Second
@@ -125,8 +135,11 @@ var (
 // mesh is a running local mesh.
 type mesh struct {
 	o       Options
-	srv     *server.Server
-	store   *config.Store
+	store   *config.Store // the mesh's API server: what apply, status and the reconciler read
+	mirror  *mirror       // the store as skiffd's --config-dir
+	skiffd  *skiffdProc
+	xdsAddr string // skiffd's addresses, resolved once and kept across its restarts
+	monAddr string
 	network network
 	capture string
 	pool    *addrPool
@@ -187,18 +200,43 @@ func Run(ctx context.Context, o Options) error {
 	m := &mesh{o: o, vips: newServiceVIPs(), started: time.Now(), pods: map[string]*pod{},
 		failures: map[string]string{}, reported: map[string]string{}, errsSeen: map[string]bool{}, applied: map[config.Key]*config.Object{},
 		trigger: make(chan struct{}, 1), down: make(chan struct{})}
+	proxyPath, exeDir, err := findProxy(o.ProxyPath)
+	if err != nil {
+		return err
+	}
+	skiffdArgv, builtin, err := findSkiffd(o.SkiffdPath, exeDir, o.BuiltinSkiffd)
+	if err != nil {
+		return err
+	}
+	if builtin {
+		m.progress("skiffd: no skiffd binary next to skiff (%s) or in PATH; running the one built into skiff", exeDir)
+	}
+	m.rt = &podRuntime{stateDir: o.StateDir, bootDir: filepath.Join(o.StateDir, "pods"), dir: o.Dir,
+		proxyPath: proxyPath, exeDir: exeDir, backoff: o.Backoff, grace: o.Grace, progress: m.progress,
+		snapshot: func() *config.Snapshot { return m.store.Snapshot() }}
+
+	// DIR is read, and checked, before anything starts: a mesh that cannot
+	// run as written stops here, leaving nothing behind.
+	m.store = newStore(o)
+	// What `skiff apply` sends replaces what DIR declares under the same
+	// name, as kubectl apply replaces what a manifest created: Istio's
+	// tasks apply their own bookinfo-gateway.yaml over the running one.
+	m.store.SetPreferred(func(origin string) bool { return origin == originApply })
+	srcCtx, stopSource := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSource()
+	if err := m.readDir(srcCtx); err != nil {
+		return err
+	}
+	if problems := m.startProblems(); len(problems) > 0 {
+		return startError(o.Dir, problems)
+	}
+
 	loopback, err := m.chooseCapture(ctx)
 	if err != nil {
 		return err
 	}
 	defer m.network.Close()
-	proxyPath, exeDir, err := findProxy(o.ProxyPath)
-	if err != nil {
-		return err
-	}
-	m.rt = &podRuntime{stateDir: o.StateDir, bootDir: filepath.Join(o.StateDir, "pods"), dir: o.Dir, loopback: loopback,
-		proxyPath: proxyPath, exeDir: exeDir, backoff: o.Backoff, grace: o.Grace, progress: m.progress,
-		snapshot: func() *config.Snapshot { return m.store.Snapshot() }}
+	m.rt.loopback = loopback
 	if !loopback {
 		cleanup, err := m.rt.proxyRunDir()
 		if err != nil {
@@ -207,38 +245,7 @@ func Run(ctx context.Context, o Options) error {
 		defer cleanup()
 	}
 
-	m.srv, err = server.New(server.Options{ConfigDir: o.Dir, XDSAddr: m.o.XDSAddr, MonitoringAddr: o.MonitoringAddr,
-		LocalMesh: true, Transform: m.vips.transform, Logger: o.Logger})
-	if errors.Is(err, syscall.EADDRINUSE) {
-		return fmt.Errorf("%w: another skiffd or local mesh holds it; stop it, or pass that flag a free address (127.0.0.1:0 picks one)", err)
-	}
-	if err != nil {
-		return err
-	}
-	m.store = m.srv.Store()
-	// What `skiff apply` sends replaces what DIR declares under the same
-	// name, as kubectl apply replaces what a manifest created: Istio's
-	// tasks apply their own bookinfo-gateway.yaml over the running one.
-	m.store.SetPreferred(func(origin string) bool { return origin == originApply })
-	m.rt.xdsAddr = m.srv.XDSAddr().String()
-	srvCtx, stopServer := context.WithCancel(context.WithoutCancel(ctx))
-	srvStopped := make(chan struct{})
-	var srvErr error
-	go func() {
-		srvErr = m.srv.Run(srvCtx)
-		close(srvStopped)
-	}()
-	// skiffd stops last, whatever path Run leaves by.
-	defer func() {
-		stopServer()
-		<-srvStopped
-	}()
-	monURL := "http://" + m.srv.MonitoringAddr().String()
-	if err := m.waitServer(ctx, monURL, srvStopped, &srvErr); err != nil {
-		return err
-	}
-	m.progress("skiffd serving %s: xDS %s, debug %s/debug/syncz", o.Dir, m.srv.XDSAddr(), monURL)
-
+	// Every address is taken or checked before skiffd starts.
 	gwLn, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(o.GatewayPort)))
 	if err != nil {
 		return fmt.Errorf("--gateway-port %d: %w; pass another port (0 picks a free one)", o.GatewayPort, err)
@@ -247,15 +254,48 @@ func Run(ctx context.Context, o Options) error {
 	m.gatewayURL = "http://" + gwLn.Addr().String()
 	apiLn, err := net.Listen("tcp", o.APIAddr)
 	if err != nil {
-		return fmt.Errorf("--api-addr %s: %w", o.APIAddr, err)
+		return fmt.Errorf("--api-addr %s: %w; pass another address (127.0.0.1:0 picks one)", o.APIAddr, err)
 	}
+	defer apiLn.Close()
 	m.apiAddr = apiLn.Addr().String()
+	if m.xdsAddr, err = resolveAddr("--xds-addr", m.o.XDSAddr); err != nil {
+		return err
+	}
+	if m.monAddr, err = resolveAddr("--monitoring-addr", o.MonitoringAddr); err != nil {
+		return err
+	}
+	m.rt.xdsAddr = m.xdsAddr
+
+	// skiffd serves a mirror of the store; it runs as its own process,
+	// restarted when it exits, and stops last whatever path Run leaves by.
+	if m.mirror, err = newMirror(filepath.Join(o.StateDir, "config"), m.store); err != nil {
+		return err
+	}
+	m.store.Subscribe(func(c config.Change) {
+		if err := m.mirror.update(c.Keys); err != nil {
+			m.progress("skiffd's config directory: %v", err)
+		}
+	})
+	withNS := m.store.Snapshot().Get(config.Key{Kind: config.Namespace, Name: gatewayNamespace}) == nil
+	m.store.Replace(originGateway, gatewayObjects(m.vips, withNS), nil)
+	if err := m.mirror.syncAll(); err != nil {
+		return err
+	}
+	m.skiffd = m.newSkiffd(skiffdArgv)
+	skiffdCtx, stopSkiffd := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopSkiffd()
+	if err := m.skiffd.start(skiffdCtx); err != nil {
+		return err
+	}
+	defer m.skiffd.stopAndWait()
+	if err := m.waitSkiffd(ctx); err != nil {
+		return err
+	}
+	m.progress("skiffd serving %s: xDS %s, debug http://%s/debug/syncz, log %s", o.Dir, m.xdsAddr, m.monAddr, m.skiffd.logPath)
+
 	api := &http.Server{Handler: m.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go api.Serve(apiLn)
 	defer api.Close()
-
-	withNS := m.store.Snapshot().Get(config.Key{Kind: config.Namespace, Name: gatewayNamespace}) == nil
-	m.store.Replace(originGateway, gatewayObjects(m.vips, withNS), nil)
 
 	runCtx, stopPods := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopPods()
@@ -282,14 +322,7 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer os.Remove(filepath.Join(o.StateDir, stateFile))
 
-	err = m.serve(ctx, runCtx, srvStopped)
-	if err == nil && ctx.Err() == nil {
-		select {
-		case <-srvStopped:
-			err = fmt.Errorf("skiffd stopped: %v", srvErr)
-		default:
-		}
-	}
+	err = m.serve(ctx, runCtx)
 	m.progress("stopping: applications, sidecars, gateway, skiffd")
 	return err
 }
@@ -383,30 +416,9 @@ func (m *mesh) kick() {
 	}
 }
 
-// waitServer waits for skiffd's first config version.
-func (m *mesh) waitServer(ctx context.Context, monURL string, stopped <-chan struct{}, srvErr *error) error {
-	deadline := time.Now().Add(30 * time.Second)
-	for !httpOK(ctx, monURL+"/ready") {
-		select {
-		case <-stopped:
-			if *srvErr == nil {
-				return errors.New("skiffd stopped before it was ready")
-			}
-			return *srvErr
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("skiffd not ready after 30 s (%s/ready)", monURL)
-		}
-	}
-	return nil
-}
-
 // serve reconciles on every config change and follows readiness until
 // ctx ends or `skiff down` asks.
-func (m *mesh) serve(ctx, runCtx context.Context, srvStopped <-chan struct{}) error {
+func (m *mesh) serve(ctx, runCtx context.Context) error {
 	tick := time.NewTicker(300 * time.Millisecond)
 	defer tick.Stop()
 	announced := false
@@ -417,8 +429,6 @@ func (m *mesh) serve(ctx, runCtx context.Context, srvStopped <-chan struct{}) er
 		case <-ctx.Done():
 			return nil
 		case <-m.down:
-			return nil
-		case <-srvStopped:
 			return nil
 		case <-m.trigger:
 			m.reportConfigErrors()
@@ -467,7 +477,7 @@ func (m *mesh) announce() {
 		m.progress("  product page:  %s%s", m.gatewayURL, path)
 	}
 	m.progress("  ingress:       %s", m.gatewayURL)
-	m.progress("  skiffd debug:  http://%s/debug/syncz", m.srv.MonitoringAddr())
+	m.progress("  skiffd debug:  http://%s/debug/syncz", m.monAddr)
 	m.progress("  pods, proxies and their admin addresses: skiff status")
 	m.progress("  logs:          %s", filepath.Join(m.o.StateDir, "logs"))
 	m.progress("  stop:          Ctrl-C, or skiff down")
@@ -814,7 +824,7 @@ func (m *mesh) checkReadiness(ctx context.Context) (changed, allReady bool) {
 		proxy := "no sidecar"
 		if p.proxy != nil {
 			if sync == nil {
-				sync = proxySync(ctx, "http://"+m.srv.MonitoringAddr().String())
+				sync = proxySync(ctx, "http://"+m.monAddr)
 			}
 			state := syncOf(sync, p.name+"."+p.namespace)
 			proxy = "sidecar " + state
@@ -834,8 +844,9 @@ func (m *mesh) checkReadiness(ctx context.Context) (changed, allReady bool) {
 	return changed, allReady
 }
 
-// shutdown stops every application first, then the sidecars, then the
-// gateway.
+// shutdown stops every application first, then every proxy, sidecars
+// and gateways together: with the applications gone nothing is left for
+// one to wait on another, and each proxy's drain (5 s) is then paid once.
 func (m *mesh) shutdown() {
 	m.mu.Lock()
 	pods := make([]*pod, 0, len(m.pods))
@@ -852,15 +863,13 @@ func (m *mesh) shutdown() {
 		}
 	}
 	wg.Wait()
-	for _, gateway := range []bool{false, true} {
-		for _, p := range pods {
-			if p.gateway == gateway && p.proxy != nil {
-				wg.Add(1)
-				go func() { defer wg.Done(); p.proxy.stopAndWait() }()
-			}
+	for _, p := range pods {
+		if p.proxy != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); p.proxy.stopAndWait() }()
 		}
-		wg.Wait()
 	}
+	wg.Wait()
 	for _, p := range pods {
 		p.stop()
 		p.net.Remove()
@@ -882,10 +891,12 @@ func (m *mesh) sortedPods() []*pod {
 	return out
 }
 
-// pidSignature changes whenever a process of a pod (re)starts, so
+// pidSignature changes whenever skiffd or a process of a pod (re)starts, so
 // mesh.json keeps naming the live pids.
 func (m *mesh) pidSignature() string {
 	var b strings.Builder
+	pid, _, _, _, _ := m.skiffd.snapshot()
+	b.WriteString(strconv.Itoa(pid) + ";")
 	for _, p := range m.sortedPods() {
 		procs := append([]*proc(nil), p.containers...)
 		if p.proxy != nil {
@@ -905,7 +916,7 @@ const quietBeforeReady = 500 * time.Millisecond
 
 // allSynced is whether every pod's proxy has ACKed all skiffd sent it.
 func (m *mesh) allSynced(ctx context.Context) bool {
-	sync := proxySync(ctx, "http://"+m.srv.MonitoringAddr().String())
+	sync := proxySync(ctx, "http://"+m.monAddr)
 	for _, p := range m.sortedPods() {
 		if p.proxy != nil && syncOf(sync, p.name+"."+p.namespace) != "SYNCED" {
 			return false

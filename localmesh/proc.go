@@ -52,6 +52,9 @@ type proc struct {
 	cancel   context.CancelFunc
 	// onExit, if set, hears of each exit the supervisor did not ask for.
 	onExit func(status, logPath string, restartIn time.Duration)
+	// onStart, if set, hears of each start: the pid and how many restarts
+	// came before it.
+	onStart func(pid, restarts int)
 }
 
 func (p *proc) snapshot() (pid int, running bool, restarts int, state, lastErr string) {
@@ -92,7 +95,10 @@ func (p *proc) loop(ctx context.Context) {
 		}
 		ran := time.Since(began)
 		p.mu.Lock()
+		var sig errSignaled
 		switch {
+		case errors.As(err, &sig):
+			p.state, p.lastErr = "Error", "signal: "+sig.sig.String()
 		case err != nil:
 			p.state, p.lastErr = "Error", err.Error()
 		case code == 0:
@@ -157,7 +163,11 @@ func (p *proc) runOnce(ctx context.Context) (int, error) {
 	}
 	p.mu.Lock()
 	p.pid, p.running, p.state, p.lastErr = cmd.Process.Pid, true, "Running", ""
+	restarts := p.restarts
 	p.mu.Unlock()
+	if p.onStart != nil {
+		p.onStart(cmd.Process.Pid, restarts)
+	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 	var werr error
@@ -180,7 +190,17 @@ func (p *proc) runOnce(ctx context.Context) (int, error) {
 	p.mu.Unlock()
 	var ee *exec.ExitError
 	if errors.As(werr, &ee) {
+		if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+			// As the kubelet reports it: 128 + the signal's number.
+			return 128 + int(ws.Signal()), errSignaled{ws.Signal()}
+		}
 		return ee.ExitCode(), nil
 	}
 	return 0, werr
 }
+
+// errSignaled is a process ended by a signal (kill -9), told apart from
+// one that could not start.
+type errSignaled struct{ sig syscall.Signal }
+
+func (e errSignaled) Error() string { return "signal: " + e.sig.String() }

@@ -20,7 +20,9 @@ const (
 // State is mesh.json: where a running mesh serves and what it runs, for
 // the CLI verbs and for people.
 type State struct {
-	PID            int        `json:"pid"` // the supervisor (skiff up)
+	PID            int        `json:"pid"`        // the supervisor (skiff up)
+	SkiffdPID      int        `json:"skiffd_pid"` // skiffd, the supervisor's child; changes when it restarts
+	SkiffdLog      string     `json:"skiffd_log"`
 	Dir            string     `json:"dir"`
 	Capture        string     `json:"capture"`
 	XDSAddr        string     `json:"xds_addr"`
@@ -93,9 +95,10 @@ func lockState(dir string) (unlock func(), err error) {
 
 // writeState replaces mesh.json atomically.
 func (m *mesh) writeState(ready bool) error {
-	st := State{PID: os.Getpid(), Dir: m.o.Dir, Capture: m.capture, XDSAddr: m.srv.XDSAddr().String(),
-		MonitoringAddr: m.srv.MonitoringAddr().String(), APIAddr: m.apiAddr, GatewayURL: m.gatewayURL,
+	st := State{PID: os.Getpid(), SkiffdLog: m.skiffd.logPath, Dir: m.o.Dir, Capture: m.capture, XDSAddr: m.xdsAddr,
+		MonitoringAddr: m.monAddr, APIAddr: m.apiAddr, GatewayURL: m.gatewayURL,
 		Ready: ready, Started: m.started}
+	st.SkiffdPID, _, _, _, _ = m.skiffd.snapshot()
 	if path := productPagePath(m.store.Snapshot()); path != "" {
 		st.ProductPageURL = m.gatewayURL + path
 	}

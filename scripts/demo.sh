@@ -7,9 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
-echo "building skiff, skiff-proxy and the samples into bin/ ..."
+echo "building skiff, skiffd, skiff-proxy and the samples into bin/ ..."
 go build -o bin/skiff ./cmd/skiff
 go build -o bin/skiff-proxy ./cmd/skiff-proxy
+go build -o bin/skiffd ./cmd/skiffd
 go build -o bin/bookinfo ./samples/bookinfo/cmd/bookinfo
 go build -o bin/echo-server ./samples/echo/cmd/echo-server
 go build -o bin/echo-load ./samples/echo/cmd/echo-load

@@ -20,7 +20,7 @@ import (
 	"github.com/skiff-mesh/skiff/localmesh"
 )
 
-// bin holds skiff (the verbs of this package), skiff-proxy, the hello
+// bin holds skiff (the verbs of this package), skiff-proxy, skiffd, the hello
 // sample and the test app, side by side as a release puts them.
 var bin string
 
@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	for out, pkg := range map[string]string{
-		"skiff": "./internal/testskiff", "skiff-proxy": "../../cmd/skiff-proxy", "hello": "../../samples/hello",
+		"skiff": "./internal/testskiff", "skiff-proxy": "../../cmd/skiff-proxy", "skiffd": "../../cmd/skiffd", "hello": "../../samples/hello",
 		"testapp": "../../localmesh/internal/testapp",
 	} {
 		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg)
@@ -442,7 +442,7 @@ spec:
 	if err != nil {
 		t.Fatal(err)
 	}
-	pids := []int{st.PID}
+	pids := []int{st.PID, st.SkiffdPID}
 	for _, p := range st.Pods {
 		pids = append(pids, p.ProxyPID)
 		for _, c := range p.Containers {
@@ -469,6 +469,9 @@ spec:
 			t.Errorf("pid %d still exists after skiff down (kill 0: %v)", pid, err)
 		}
 	}
+	if left := leftovers(state, dir); len(left) > 0 {
+		t.Errorf("processes left after skiff down:\n%s", strings.Join(left, "\n"))
+	}
 	if _, err := os.Stat(filepath.Join(state, "mesh.json")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("mesh.json left behind after skiff down: %v", err)
 	}
@@ -487,14 +490,13 @@ spec:
     command: [sh, -c, "echo giving up; exit 3"]
 `
 
-// skiff up reports a crashing container and a bad manifest as they happen;
-// status shows the crash loop; Ctrl-C stops the mesh as skiff down does.
+// skiff up reports a crashing container, and a bad manifest written while
+// it runs, as they happen; status shows the crash loop; Ctrl-C stops the
+// mesh as skiff down does.
 func TestUpReportsAndInterrupt(t *testing.T) {
 	dir, state := t.TempDir(), t.TempDir()
 	write(t, filepath.Join(dir, "solo.yaml"), soloPod)
 	write(t, filepath.Join(dir, "crasher.yaml"), crasher)
-	write(t, filepath.Join(dir, "bad-vs.yaml"), badVirtualService)
-	write(t, filepath.Join(dir, "web.yaml"), imageOnly)
 	up := exec.Command(filepath.Join(bin, "skiff"), "up", dir, "--state-dir", state, "--capture", "loopback",
 		"--gateway-port", "0", "--xds-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0")
 	out := &syncBuilder{}
@@ -503,6 +505,11 @@ func TestUpReportsAndInterrupt(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer up.Process.Kill()
+	eventually(t, 30*time.Second, "skiff up saying solo is ready", func() (bool, string) {
+		return strings.Contains(out.String(), "pod default/solo ready"), out.String()
+	})
+	write(t, filepath.Join(dir, "bad-vs.yaml"), badVirtualService)
+	write(t, filepath.Join(dir, "web.yaml"), imageOnly)
 	for _, want := range []string{
 		"config: " + filepath.Join(dir, "bad-vs.yaml") + ":12: VirtualService default/hello: spec.http[0].retries.attempts:",
 		"pod default/crasher container app exited (exit code 3); restarting in 10s; log: " + filepath.Join(state, "logs", "default", "crasher", "app.log"),

@@ -47,19 +47,28 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "skiff up: state directory:", err)
 		return 1
 	}
-	logf, err := os.OpenFile(filepath.Join(*stateDir, "logs", "skiffd.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	// skiffd writes its own log (logs/skiffd.log); this one is the
+	// supervisor's reading of DIR.
+	logf, err := os.OpenFile(filepath.Join(*stateDir, "logs", "up.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		fmt.Fprintln(stderr, "skiff up: state directory:", err)
 		return 1
 	}
 	defer logf.Close()
 
+	// The skiffd built into this executable, for when no skiffd binary is
+	// next to it or in PATH.
+	var builtin []string
+	if exe, err := os.Executable(); err == nil {
+		builtin = []string{exe, SkiffdVerb}
+	}
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = localmesh.Run(ctx, localmesh.Options{
 		Dir: pos[0], StateDir: *stateDir, XDSAddr: *xdsAddr, MonitoringAddr: *monAddr, APIAddr: *apiAddr,
-		GatewayPort: *gwPort, Capture: *capture, Progress: stdout,
-		Logger: slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: level})),
+		GatewayPort: *gwPort, Capture: *capture, Progress: stdout, LogLevel: *logLevel,
+		BuiltinSkiffd: builtin,
+		Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: level})),
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "skiff up:", err)

@@ -60,6 +60,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return mesh.Status(ctx, rest, stdout, stderr)
 	case "down":
 		return mesh.Down(ctx, rest, stdout, stderr)
+	case mesh.SkiffdVerb: // hidden: the skiffd skiff up runs when no skiffd binary is at hand
+		return mesh.Skiffd(ctx, rest, stdout, stderr)
 	case "proxy-status", "ps", "proxy-config", "pc":
 		stateDir, rest := stateDirArg(args)
 		return inspect.Run(ctx, rest, inspectEnv(stateDir), stdout, stderr)

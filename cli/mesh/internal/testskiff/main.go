@@ -15,6 +15,7 @@ import (
 func main() {
 	verbs := map[string]func(context.Context, []string, io.Writer, io.Writer) int{
 		"up": mesh.Up, "apply": mesh.Apply, "delete": mesh.Delete, "status": mesh.Status, "down": mesh.Down,
+		mesh.SkiffdVerb: mesh.Skiffd,
 	}
 	if len(os.Args) < 2 || verbs[os.Args[1]] == nil {
 		fmt.Fprintln(os.Stderr, "usage: testskiff up|apply|delete|status|down ...")
