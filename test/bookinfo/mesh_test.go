@@ -1,0 +1,381 @@
+// Package bookinfo replays Istio's Bookinfo tasks (request routing, fault
+// injection, traffic shifting, request timeouts, ingress, the Gateway API
+// variants) on the local mesh, black box: it builds the real skiff,
+// skiff-proxy and bookinfo binaries, runs `skiff up
+// samples/bookinfo/platform/local`, applies Istio's sample YAML unchanged
+// from ../shared/istio-samples with `skiff apply`, and looks at the product
+// page as a user does, with an HTTP client and in headless Chromium.
+package bookinfo
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+var (
+	// bin holds skiff, skiffd, skiff-proxy and bookinfo side by side, as a
+	// release puts them: skiff up finds the others next to itself.
+	bin string
+	// repo is the repository root; samples is Istio's Bookinfo samples
+	// directory beside it (../shared/istio-samples/bookinfo).
+	repo, samples string
+)
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "skiff-bookinfo-test")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	for out, pkg := range map[string]string{
+		"skiff": "../../cmd/skiff", "skiffd": "../../cmd/skiffd", "skiff-proxy": "../../cmd/skiff-proxy",
+		"bookinfo": "../../samples/bookinfo/cmd/bookinfo",
+	} {
+		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "building %s: %v\n", pkg, err)
+			os.RemoveAll(dir)
+			os.Exit(1)
+		}
+	}
+	bin = dir
+	if repo, err = filepath.Abs("../.."); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	samples = filepath.Join(filepath.Dir(repo), "shared", "istio-samples", "bookinfo")
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// sample is one of Istio's Bookinfo files, e.g. "networking/virtual-service-all-v1.yaml".
+func sample(t *testing.T, rel string) string {
+	t.Helper()
+	p := filepath.Join(samples, rel)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("Istio's Bookinfo sample %s is missing (%v): these tests apply Istio's files unchanged from ../shared/istio-samples beside the repository; check it out there", p, err)
+	}
+	return p
+}
+
+// mesh is one running `skiff up` of Bookinfo.
+type mesh struct {
+	state   string // --state-dir
+	ingress string // the ingress gateway, http://127.0.0.1:PORT
+	up      *exec.Cmd
+	done    chan error
+	out     *syncBuilder
+}
+
+// netnsBusy is what skiff up says when another mesh on the host holds the
+// network namespaces (another package's test, run at the same time).
+const netnsBusy = "another local mesh on this host uses network namespaces"
+
+// startMesh runs skiff up on Bookinfo's local manifests with free ports
+// and waits for "mesh ready" and the product page URL; the mesh goes down
+// when t ends.
+func startMesh(t *testing.T, capture string, extra ...string) *mesh {
+	t.Helper()
+	// Other packages' tests may hold the host's network namespaces for a
+	// while; wait for them rather than fail.
+	for deadline := time.Now().Add(4 * time.Minute); ; {
+		m, err := tryStartMesh(t, capture, extra)
+		if err == nil {
+			return m
+		}
+		if !strings.Contains(err.Error(), netnsBusy) || time.Now().After(deadline) {
+			t.Fatal(err)
+		}
+		t.Logf("skiff up: %s; trying again in 2 s", netnsBusy)
+		time.Sleep(2 * time.Second)
+	}
+}
+
+func tryStartMesh(t *testing.T, capture string, extra []string) (*mesh, error) {
+	m := &mesh{state: t.TempDir(), done: make(chan error, 1), out: &syncBuilder{}}
+	args := append([]string{"up", filepath.Join(repo, "samples/bookinfo/platform/local"), "--state-dir", m.state,
+		"--capture", capture, "--gateway-port", "0", "--monitoring-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}, extra...)
+	m.up = exec.Command(filepath.Join(bin, "skiff"), args...)
+	stdout, err := m.up.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	m.up.Stderr = m.out
+	if err := m.up.Start(); err != nil {
+		return nil, err
+	}
+	lines := make(chan string, 1000)
+	go func() {
+		sc := bufio.NewScanner(stdout)
+		for sc.Scan() {
+			m.out.Write([]byte(sc.Text() + "\n"))
+			select {
+			case lines <- sc.Text():
+			default:
+			}
+		}
+		m.done <- m.up.Wait()
+	}()
+	ready := false
+	for deadline := time.After(90 * time.Second); m.ingress == ""; {
+		select {
+		case l := <-lines:
+			l = strings.TrimSpace(l)
+			if l == "mesh ready" {
+				ready = true
+			}
+			if u, ok := strings.CutPrefix(l, "product page:"); ok {
+				m.ingress = strings.TrimSuffix(strings.TrimSpace(u), "/productpage")
+			}
+		case err := <-m.done:
+			return nil, fmt.Errorf("skiff %s exited before printing the product page URL: %v\n%s", strings.Join(args, " "), err, m.out.String())
+		case <-deadline:
+			m.up.Process.Kill()
+			<-m.done
+			return nil, fmt.Errorf("skiff up printed no product page URL within 90 s:\n%s", m.out.String())
+		}
+	}
+	t.Cleanup(func() {
+		m.stop()
+		if t.Failed() {
+			t.Logf("skiff up printed:\n%s", m.out.String())
+		}
+	})
+	if !ready {
+		t.Fatalf("skiff up announced the product page without \"mesh ready\":\n%s", m.out.String())
+	}
+	if !strings.HasPrefix(m.ingress, "http://127.0.0.1:") {
+		t.Fatalf("product page URL %q is not on 127.0.0.1", m.ingress)
+	}
+	var rep struct {
+		Capture string `json:"capture"`
+	}
+	if out := m.skiff(t, "status", "-o", "json"); json.Unmarshal([]byte(out), &rep) != nil || rep.Capture != capture {
+		t.Fatalf("skiff status -o json: capture %q, want %q:\n%s", rep.Capture, capture, out)
+	}
+	return m, nil
+}
+
+// stop is skiff down, bounded; the log of skiff up is kept for a failed test.
+func (m *mesh) stop() {
+	cmd := exec.Command(filepath.Join(bin, "skiff"), "down", "--state-dir", m.state)
+	cmd.Run()
+	select {
+	case <-m.done:
+	case <-time.After(30 * time.Second):
+		m.up.Process.Kill()
+		<-m.done
+	}
+}
+
+// skiff runs one verb against the mesh and fails the test unless it exits 0.
+func (m *mesh) skiff(t *testing.T, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(bin, "skiff"), append(args, "--state-dir", m.state)...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("skiff %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out.String(), errb.String())
+	}
+	return out.String()
+}
+
+// apply is `skiff apply -f FILE`; it checks nothing was rejected.
+func (m *mesh) apply(t *testing.T, file string) {
+	t.Helper()
+	out := m.skiff(t, "apply", "-f", file)
+	if strings.Contains(out, "rejected") {
+		t.Fatalf("skiff apply -f %s rejected an object:\n%s", file, out)
+	}
+}
+
+func (m *mesh) delete(t *testing.T, file string) {
+	t.Helper()
+	m.skiff(t, "delete", "-f", file)
+}
+
+// applyInline applies YAML a task page gives inline (kubectl apply -f -
+// <<EOF) from a file of its own, and returns the file for the cleanup.
+func (m *mesh) applyInline(t *testing.T, name, yaml string) string {
+	t.Helper()
+	f := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	m.apply(t, f)
+	return f
+}
+
+// page is the product page as a reader sees it.
+type page struct {
+	status  int
+	body    string
+	elapsed time.Duration
+	reviews string // the version that served the reviews (v1, v2, v3), "" if none
+	color   string // the stars' colour, "" without stars
+	stars   int
+}
+
+var (
+	servedBy = regexp.MustCompile(`Reviews served by:</dt><dd><u>reviews-(v\d)-`)
+	starFont = regexp.MustCompile(`<font color="(\w+)">`)
+)
+
+const (
+	reviewsUnavailable = "Sorry, product reviews are currently unavailable for this book."
+	ratingsUnavailable = "Ratings service is currently unavailable"
+)
+
+func (p page) String() string {
+	return fmt.Sprintf("HTTP %d in %s, reviews %q, %d %s stars; body:\n%s", p.status, p.elapsed.Round(time.Millisecond), p.reviews, p.stars, p.color, p.body)
+}
+
+// reader is a browser-like HTTP client: cookies kept, no proxy from the
+// environment.
+type reader struct {
+	c    *http.Client
+	base string
+}
+
+func newReader(base string) *reader {
+	jar, _ := cookiejar.New(nil)
+	return &reader{base: base, c: &http.Client{Jar: jar, Timeout: 20 * time.Second,
+		Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}}
+}
+
+// signIn posts the product page's sign-in form as a browser does.
+func (r *reader) signIn(t *testing.T, user string) {
+	t.Helper()
+	resp, err := r.c.PostForm(r.base+"/login", url.Values{"username": {user}, "passwd": {""}})
+	if err != nil {
+		t.Fatalf("signing in as %s: %v", user, err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), user+` <a href="logout">Sign out</a>`) {
+		t.Fatalf("signing in as %s: %s, want the product page naming %s with a Sign out link:\n%s", user, resp.Status, user, b)
+	}
+}
+
+func (r *reader) productPage() (page, error) {
+	start := time.Now()
+	resp, err := r.c.Get(r.base + "/productpage")
+	if err != nil {
+		return page{}, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	p := page{status: resp.StatusCode, body: string(b), elapsed: time.Since(start)}
+	if err != nil {
+		return p, err
+	}
+	if m := servedBy.FindStringSubmatch(p.body); m != nil {
+		p.reviews = m[1]
+	}
+	if m := starFont.FindStringSubmatch(p.body); m != nil {
+		p.color = m[1]
+	}
+	p.stars = strings.Count(p.body, `class="glyphicon glyphicon-star"`)
+	if p.status != http.StatusOK || !strings.Contains(p.body, "<title>Simple Bookstore App</title>") {
+		return p, fmt.Errorf("not the product page: %s", p)
+	}
+	return p, nil
+}
+
+// until reads the product page every 200 ms, for at most limit, until
+// want holds n times in a row, and returns the last read: routing takes a
+// moment to reach the proxies after apply, and the state before may show
+// the same thing by chance (with no VirtualService reviews rotates over
+// v1, v2 and v3), so where it can, a caller asks for a run of answers.
+func (r *reader) until(t *testing.T, limit time.Duration, n int, what string, want func(page) bool) page {
+	t.Helper()
+	var last page
+	var lastErr error
+	run := 0
+	for deadline := time.Now().Add(limit); time.Now().Before(deadline); {
+		p, err := r.productPage()
+		if err == nil && want(p) {
+			if run++; run == n {
+				return p
+			}
+			continue
+		}
+		run, last, lastErr = 0, p, err
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("after %s the product page does not show %s (%d times in a row); last: %v %s", limit, what, n, lastErr, last)
+	return page{}
+}
+
+// each reads the product page n times and checks every answer.
+func (r *reader) each(t *testing.T, n int, what string, want func(page) bool) {
+	t.Helper()
+	for i := range n {
+		p, err := r.productPage()
+		if err != nil || !want(p) {
+			t.Fatalf("read %d of %d: the product page does not show %s: %v %s", i+1, n, what, err, p)
+		}
+	}
+}
+
+func v1(p page) bool { return p.reviews == "v1" && p.stars == 0 }
+func v2(p page) bool { return p.reviews == "v2" && p.color == "black" && p.stars > 0 }
+func v3(p page) bool { return p.reviews == "v3" && p.color == "red" && p.stars > 0 }
+
+// gatewayURL is the URL skiff status -o json lists for the Gateway API
+// Gateway default/name, or "", and what status said.
+func (m *mesh) gatewayURL(t *testing.T, name string) (string, string) {
+	t.Helper()
+	out := m.skiff(t, "status", "-o", "json")
+	var rep struct {
+		Gateways []struct {
+			Gateway string `json:"gateway"` // namespace/name
+			URL     string `json:"url"`
+		} `json:"gateways"`
+	}
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("skiff status -o json: %v\n%s", err, out)
+	}
+	for _, g := range rep.Gateways {
+		if g.Gateway == "default/"+name && g.URL != "" {
+			return g.URL, out
+		}
+	}
+	return "", out
+}
+
+// syncBuilder is a strings.Builder safe to read while a process writes it.
+type syncBuilder struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuilder) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuilder) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var errNoChromium = errors.New("chromium or chromedriver is not installed: run scripts/test.sh, which installs chromium (Debian's chromium and chromium-driver packages)")
