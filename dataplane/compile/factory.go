@@ -25,51 +25,83 @@ type ChainFactory struct {
 	Logger   *slog.Logger
 }
 
-// NetworkFilters implements listener.ChainFactory.
+// NetworkFilters implements listener.ChainFactory. The last filter is the
+// terminal one (the HTTP connection manager or tcp_proxy); the filters
+// before it are non-terminal network filters registered with
+// listener.RegisterNetworkFilter (envoy.filters.network.rbac and the like),
+// wrapped around the terminal one so that a connection meets them in the
+// order they are listed.
 func (f *ChainFactory) NetworkFilters(l *listenerv3.Listener, fc *listenerv3.FilterChain) (core.ConnHandler, error) {
 	filters := fc.GetFilters()
 	if len(filters) == 0 {
 		return nil, fmt.Errorf("no network filters; a filter chain needs a terminal filter (%s or %s)", hcmName, tcpProxyName)
 	}
-	for i, nf := range filters {
-		tc := nf.GetTypedConfig()
+	wrappers := make([]listener.NetworkFilter, 0, len(filters)-1)
+	for i, nf := range filters[:len(filters)-1] {
 		where := fmt.Sprintf("filters[%d] %q", i, nf.GetName())
+		tc := nf.GetTypedConfig()
 		if tc == nil {
 			return nil, fmt.Errorf("%s: typed_config is required", where)
 		}
-		last := i == len(filters)-1
 		switch tc.GetTypeUrl() {
 		case hcmType:
-			if !last {
-				return nil, fmt.Errorf("%s: the HTTP connection manager is a terminal filter and must be last", where)
-			}
-			var cfg hcmv3.HttpConnectionManager
-			if err := tc.UnmarshalTo(&cfg); err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			cm, err := hcm.New(&cfg, hcm.Deps{Clusters: f.Clusters, Routes: f.Routes, Stats: f.Stats, Logger: f.Logger})
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			return cm, nil
+			return nil, fmt.Errorf("%s: the HTTP connection manager is a terminal filter and must be last", where)
 		case tcpProxyType:
-			if !last {
-				return nil, fmt.Errorf("%s: tcp_proxy is a terminal filter and must be last", where)
-			}
-			var cfg tcpv3.TcpProxy
-			if err := tc.UnmarshalTo(&cfg); err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			p, err := l4.NewTCPProxy(&cfg, f.Clusters, f.Stats)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", where, err)
-			}
-			return p, nil
-		default:
-			return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy)", where, tc.GetTypeUrl())
+			return nil, fmt.Errorf("%s: tcp_proxy is a terminal filter and must be last", where)
 		}
+		fac := listener.LookupNetworkFilter(tc.GetTypeUrl())
+		if fac == nil {
+			return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy, rbac)", where, tc.GetTypeUrl())
+		}
+		w, err := fac(listener.NetworkFilterConfig{Name: nf.GetName(), TypedConfig: tc, Stats: f.Stats, Logger: f.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		wrappers = append(wrappers, w)
 	}
-	return nil, fmt.Errorf("no terminal network filter")
+	h, err := f.terminal(len(filters)-1, filters[len(filters)-1])
+	if err != nil {
+		return nil, err
+	}
+	for i := len(wrappers) - 1; i >= 0; i-- {
+		h = wrappers[i](h)
+	}
+	return h, nil
+}
+
+// terminal builds the chain's last filter.
+func (f *ChainFactory) terminal(i int, nf *listenerv3.Filter) (core.ConnHandler, error) {
+	where := fmt.Sprintf("filters[%d] %q", i, nf.GetName())
+	tc := nf.GetTypedConfig()
+	if tc == nil {
+		return nil, fmt.Errorf("%s: typed_config is required", where)
+	}
+	switch tc.GetTypeUrl() {
+	case hcmType:
+		var cfg hcmv3.HttpConnectionManager
+		if err := tc.UnmarshalTo(&cfg); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		cm, err := hcm.New(&cfg, hcm.Deps{Clusters: f.Clusters, Routes: f.Routes, Stats: f.Stats, Logger: f.Logger})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		return cm, nil
+	case tcpProxyType:
+		var cfg tcpv3.TcpProxy
+		if err := tc.UnmarshalTo(&cfg); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		p, err := l4.NewTCPProxy(&cfg, f.Clusters, f.Stats)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		return p, nil
+	}
+	if listener.LookupNetworkFilter(tc.GetTypeUrl()) != nil {
+		return nil, fmt.Errorf("%s: %s is not a terminal filter; a filter chain ends with %s or %s", where, tc.GetTypeUrl(), hcmName, tcpProxyName)
+	}
+	return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy)", where, tc.GetTypeUrl())
 }
 
 var _ listener.ChainFactory = (*ChainFactory)(nil)

@@ -24,6 +24,9 @@ import (
 	"github.com/skiff-mesh/skiff/dataplane/admin"
 	"github.com/skiff-mesh/skiff/dataplane/bootstrap"
 	"github.com/skiff-mesh/skiff/dataplane/compile"
+	// The filters skiff-proxy links: importing a filter's package registers it.
+	_ "github.com/skiff-mesh/skiff/dataplane/filters/jwtauthn"
+	_ "github.com/skiff-mesh/skiff/dataplane/filters/rbac"
 	"github.com/skiff-mesh/skiff/dataplane/hcm"
 	"github.com/skiff-mesh/skiff/dataplane/listener"
 	"github.com/skiff-mesh/skiff/dataplane/tlsctx"

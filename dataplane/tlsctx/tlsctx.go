@@ -15,11 +15,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"os"
 	"strings"
 	"sync/atomic"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
@@ -245,11 +243,11 @@ func checkSNI(cert *tls.Certificate, sni string) error {
 }
 
 func loadCertificate(tc *tlsv3.TlsCertificate) (*tls.Certificate, error) {
-	chain, err := readDataSource(tc.GetCertificateChain())
+	chain, err := core.ReadDataSource(tc.GetCertificateChain())
 	if err != nil {
 		return nil, fmt.Errorf("certificate_chain: %w", err)
 	}
-	key, err := readDataSource(tc.GetPrivateKey())
+	key, err := core.ReadDataSource(tc.GetPrivateKey())
 	if err != nil {
 		return nil, fmt.Errorf("private_key: %w", err)
 	}
@@ -258,29 +256,6 @@ func loadCertificate(tc *tlsv3.TlsCertificate) (*tls.Certificate, error) {
 		return nil, fmt.Errorf("certificate_chain/private_key: %w", err)
 	}
 	return &c, nil
-}
-
-func readDataSource(ds *corev3.DataSource) ([]byte, error) {
-	switch s := ds.GetSpecifier().(type) {
-	case *corev3.DataSource_InlineBytes:
-		return s.InlineBytes, nil
-	case *corev3.DataSource_InlineString:
-		return []byte(s.InlineString), nil
-	case *corev3.DataSource_Filename:
-		b, err := os.ReadFile(s.Filename)
-		if err != nil {
-			return nil, fmt.Errorf("filename: %w", err)
-		}
-		return b, nil
-	case *corev3.DataSource_EnvironmentVariable:
-		v, ok := os.LookupEnv(s.EnvironmentVariable)
-		if !ok {
-			return nil, fmt.Errorf("environment_variable: %q is not set", s.EnvironmentVariable)
-		}
-		return []byte(v), nil
-	default:
-		return nil, errors.New("missing: one of inline_bytes, inline_string, filename or environment_variable is required")
-	}
 }
 
 var tlsVersions = map[tlsv3.TlsParameters_TlsProtocol]uint16{

@@ -124,7 +124,7 @@ func (v *validator) verify(chain []*x509.Certificate) error {
 func compileRules(vc *tlsv3.CertificateValidationContext, complete bool) (*rules, error) {
 	r := &rules{acceptUntrusted: vc.GetTrustChainVerification() == tlsv3.CertificateValidationContext_ACCEPT_UNTRUSTED}
 	if vc.GetTrustedCa() != nil {
-		pem, err := readDataSource(vc.GetTrustedCa())
+		pem, err := core.ReadDataSource(vc.GetTrustedCa())
 		if err != nil {
 			return nil, fmt.Errorf("trusted_ca: %w", err)
 		}

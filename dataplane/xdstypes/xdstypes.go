@@ -17,13 +17,16 @@ import (
 
 	// Network filters.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 
 	// HTTP filters: only those skiff-proxy implements (each linked proto
-	// costs resident memory in every sidecar; rbac, jwt_authn, ext_authz and
-	// local rate limit join with their filters).
+	// costs resident memory in every sidecar; ext_authz and local rate limit
+	// join with their filters).
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/cors/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/jwt_authn/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/rbac/v3"
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 
 	// Listener filters.
@@ -41,6 +44,9 @@ import (
 
 	// Upstreams: HttpProtocolOptions, how a cluster asks for HTTP/2.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
+
+	// Path matchers (RBAC's url_path with Istio's path templates).
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
 
 	// Retry host predicates.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
