@@ -5,9 +5,11 @@
 # long each kind of change takes to be ACKed by every proxy (p50/p99), and
 # skiffd's memory and CPU. Everything listens on 127.0.0.1; the 198.18.0.0/16
 # pod addresses are only written into config, never dialled.
-# Extra flags go to the tool and win over these, e.g. a reduced run:
+# The proxies speak delta xDS, as Istio's sidecars do by default since 1.22;
+# -delta=false measures state of the world. Extra flags go to the tool and
+# win over these, e.g. a reduced run:
 #   scripts/scale.sh -services 100 -proxies 200 -reps 5
-# or -delta, -per-conn 1 (a gRPC connection per proxy), -json FILE, -keep.
+# or -per-conn 1 (a gRPC connection per proxy), -json FILE, -keep.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bin
@@ -18,4 +20,4 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 log="$(mktemp -t skiffd-scale.XXXXXX.log)"
 echo "skiffd output: $log" >&2
 exec bin/xds-load -skiffd bin/skiffd -skiffd-log "$log" \
-	-services 1000 -endpoints 2 -namespaces 10 -proxies 2000 -reps 20 "$@"
+	-services 1000 -endpoints 2 -namespaces 10 -proxies 2000 -reps 20 -delta "$@"
