@@ -96,9 +96,11 @@ func Setup(ctx context.Context, opts Options) (*Host, error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("netns: creating network namespaces needs root; run as root, or without root for the loopback fallback")
 	}
-	for _, tool := range []string{"ip", "setpriv"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			return nil, fmt.Errorf("netns: %s not found on PATH: install iproute2 and util-linux (Debian: apt-get install iproute2 util-linux)", tool)
+	// iptables is run by skiff-proxy inside each pod; without it no pod
+	// could be captured, so it is checked here, before anything is made.
+	for _, tool := range []struct{ name, pkg string }{{"ip", "iproute2"}, {"setpriv", "util-linux"}, {"iptables", "iptables"}} {
+		if _, err := exec.LookPath(tool.name); err != nil {
+			return nil, fmt.Errorf("netns: %s not found on PATH: install it (Debian: apt-get install %s)", tool.name, tool.pkg)
 		}
 	}
 	if err := Cleanup(ctx, opts); err != nil {
