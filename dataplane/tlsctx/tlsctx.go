@@ -15,6 +15,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 
@@ -72,6 +73,26 @@ func ServerConfig(c *tlsv3.DownstreamTlsContext, secrets core.Secrets) (*tls.Con
 				return nil
 			}
 			return val.verify(cs.PeerCertificates)
+		}
+	}
+	if len(cfg.NextProtos) > 0 {
+		// Envoy completes a handshake whose ALPN offer shares nothing with
+		// alpn_protocols, selecting no protocol; Go's server would refuse
+		// it. Istio relies on Envoy's way: its clients offer "istio" and
+		// "istio-peer-exchange" to servers that list h2 and http/1.1.
+		noALPN := cfg.Clone()
+		noALPN.NextProtos = nil
+		ours := cfg.NextProtos
+		cfg.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+			if len(hello.SupportedProtos) == 0 {
+				return nil, nil
+			}
+			for _, p := range hello.SupportedProtos {
+				if slices.Contains(ours, p) {
+					return nil, nil
+				}
+			}
+			return noALPN, nil
 		}
 	}
 	return cfg, nil

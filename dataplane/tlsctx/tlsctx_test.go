@@ -502,3 +502,38 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		t.Errorf("cipher list refused: %v", err)
 	}
 }
+
+// A client whose ALPN offer shares nothing with the server's list still
+// completes the handshake, with no protocol selected, as in Envoy: Istio's
+// sidecars offer "istio-peer-exchange" and "istio" to inbound chains that
+// list h2 and http/1.1. A shared protocol is still selected.
+func TestServerALPNWithoutOverlap(t *testing.T) {
+	ca := newCA(t, "mesh-ca")
+	sCert, sKey, _ := ca.issue(t, []string{"server"})
+	server := mustServer(t, &tlsv3.DownstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+		AlpnProtocols:   []string{"h2", "http/1.1"},
+		TlsCertificates: []*tlsv3.TlsCertificate{tlsCert(sCert, sKey)},
+	}}, nil)
+	for _, tc := range []struct {
+		offer []string
+		want  string
+	}{
+		{[]string{"istio-peer-exchange", "istio"}, ""},
+		{[]string{"istio", "http/1.1"}, "http/1.1"},
+		{nil, ""},
+	} {
+		client := mustClient(t, &tlsv3.UpstreamTlsContext{CommonTlsContext: &tlsv3.CommonTlsContext{
+			AlpnProtocols: tc.offer,
+			ValidationContextType: &tlsv3.CommonTlsContext_ValidationContext{ValidationContext: &tlsv3.CertificateValidationContext{
+				TrustedCa: inline(ca.certPEM)}},
+		}, Sni: "server"}, nil)
+		res := handshake(t, server, client)
+		if res.serverErr != nil || res.clientErr != nil {
+			t.Errorf("offer %v: server %v, client %v; want a handshake", tc.offer, res.serverErr, res.clientErr)
+			continue
+		}
+		if got := res.client.NegotiatedProtocol; got != tc.want {
+			t.Errorf("offer %v: negotiated %q, want %q", tc.offer, got, tc.want)
+		}
+	}
+}
