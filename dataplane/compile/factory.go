@@ -51,9 +51,9 @@ func (f *ChainFactory) NetworkFilters(l *listenerv3.Listener, fc *listenerv3.Fil
 		}
 		fac := listener.LookupNetworkFilter(tc.GetTypeUrl())
 		if fac == nil {
-			return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy, rbac)", where, tc.GetTypeUrl())
+			return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy, rbac, ext_authz)", where, tc.GetTypeUrl())
 		}
-		w, err := fac(listener.NetworkFilterConfig{Name: nf.GetName(), TypedConfig: tc, Stats: f.Stats, Logger: f.Logger})
+		w, err := fac(listener.NetworkFilterConfig{Name: nf.GetName(), TypedConfig: tc, Stats: f.Stats, Logger: f.Logger, Clusters: f.Clusters})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}

@@ -21,6 +21,9 @@ type NetworkFilterConfig struct {
 	TypedConfig *anypb.Any // its typed_config
 	Stats       *stats.Store
 	Logger      *slog.Logger
+	// Clusters lets a filter call out through the proxy's clusters
+	// (envoy.filters.network.ext_authz reaches its authorizer so).
+	Clusters core.ClusterSet
 }
 
 // NetworkFilterFactory validates a network filter's config and builds it.
