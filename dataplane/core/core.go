@@ -38,6 +38,39 @@ type ConnInfo struct {
 	TransportProtocol string   // "tls" or "raw_buffer"
 	// TLS is the state after this proxy terminated TLS; nil for plaintext.
 	TLS *tls.ConnectionState
+	// meta is the connection's dynamic metadata by filter namespace, as
+	// Envoy's stream info holds it: network filters write it (RBAC's
+	// shadow result) for the filters after them (ext_authz's
+	// filter_enabled_metadata). Empty on most connections.
+	meta []connMeta
+}
+
+type connMeta struct {
+	ns string
+	v  any
+}
+
+// SetMetadata sets the connection's dynamic metadata of namespace ns.
+// Only the connection's own goroutine calls it, before the terminal filter.
+func (ci *ConnInfo) SetMetadata(ns string, v any) {
+	for i := range ci.meta {
+		if ci.meta[i].ns == ns {
+			ci.meta[i].v = v
+			return
+		}
+	}
+	ci.meta = append(ci.meta, connMeta{ns: ns, v: v})
+}
+
+// Metadata returns the connection's dynamic metadata of namespace ns, nil
+// when unset.
+func (ci *ConnInfo) Metadata(ns string) any {
+	for i := range ci.meta {
+		if ci.meta[i].ns == ns {
+			return ci.meta[i].v
+		}
+	}
+	return nil
 }
 
 // DestinationAddr is the connection's destination as the client meant it:

@@ -28,11 +28,11 @@ func init() { listener.RegisterNetworkFilter(NetworkTypeURL, newNetworkFilter) }
 type networkFilter struct {
 	svc      *grpcService
 	failOpen bool
-	// gated: filter_enabled_metadata is set. skiff-proxy's network
-	// filters publish no connection metadata, so the gate cannot be
-	// evaluated; the filter then checks every connection (fails closed).
-	gated bool
-	log   *slog.Logger
+	// enabledMeta (filter_enabled_metadata): only connections whose
+	// metadata matches are checked (Istio's CUSTOM gate on the network
+	// RBAC filter's shadow result); the others pass unchecked.
+	enabledMeta *metadataMatcher
+	log         *slog.Logger
 
 	total, ok, denied, errored, failOpenN, disabled, cxClosed *stats.Counter
 	active                                                    *stats.Gauge
@@ -52,10 +52,6 @@ func newNetworkFilter(nc listener.NetworkFilterConfig) (listener.NetworkFilter, 
 	f.log = nc.Logger
 	if f.log == nil {
 		f.log = slog.Default()
-	}
-	if f.gated {
-		f.log.Warn("ext_authz: filter_enabled_metadata on a network filter cannot be evaluated by skiff-proxy (no connection metadata); every connection is checked",
-			"filter", nc.Name, "stat_prefix", pb.GetStatPrefix())
 	}
 	st := nc.Stats
 	if st == nil {
@@ -94,10 +90,11 @@ func compileNetwork(pb *netextauthzv3.ExtAuthz, clusters core.ClusterSet) (*netw
 	g.includeTLSSession = pb.GetIncludeTlsSession()
 	f := &networkFilter{svc: g, failOpen: pb.GetFailureModeAllow()}
 	if m := pb.GetFilterEnabledMetadata(); m != nil {
-		if _, err := compileMetadata(m); err != nil {
+		mm, err := compileMetadata(m)
+		if err != nil {
 			return nil, fmt.Errorf("filter_enabled_metadata.%w", err)
 		}
-		f.gated = true
+		f.enabledMeta = mm
 	}
 	return f, nil
 }
@@ -109,6 +106,11 @@ type networkHandler struct {
 
 func (h *networkHandler) ServeConn(c net.Conn, info *core.ConnInfo) {
 	f := h.f
+	if m := f.enabledMeta; m != nil && !m.match(info.Metadata(m.filter)) {
+		f.disabled.Inc()
+		h.next.ServeConn(c, info)
+		return
+	}
 	f.active.Inc()
 	r := f.svc.check(context.Background(), &checkInput{conn: info})
 	f.active.Dec()

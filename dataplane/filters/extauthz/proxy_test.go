@@ -160,6 +160,65 @@ const tcpListener = `
         typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: echo, cluster: echo}
 `
 
+// Istio's CUSTOM action on TCP: a network RBAC filter whose shadow rules
+// select the connections the provider applies to, then ext_authz gated on
+// the shadow result. tcp-gated's shadow policy matches loopback peers;
+// tcp-ungated's matches none, so its connections are never checked.
+const gatedListeners = `
+  - name: tcp-gated
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tcp.
+          shadow_rules_stat_prefix: istio_ext_authz_
+          shadow_rules:
+            policies:
+              istio-ext-authz-ns[foo]-policy[ext-authz]-rule[0]:
+                permissions: [{any: true}]
+                principals: [{direct_remote_ip: {address_prefix: 127.0.0.0, prefix_len: 8}}]
+      - name: envoy.filters.network.ext_authz
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz
+          stat_prefix: gated.
+          transport_api_version: V3
+          grpc_service: {envoy_grpc: {cluster_name: "outbound|9000||ext-authz.foo.svc.cluster.local", authority: outbound_.9000_._.ext-authz.foo.svc.cluster.local}, timeout: 1s}
+          filter_enabled_metadata:
+            filter: envoy.filters.network.rbac
+            path: [{key: istio_ext_authz_shadow_effective_policy_id}]
+            value: {string_match: {prefix: istio-ext-authz}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: echo, cluster: echo}
+  - name: tcp-ungated
+    address: {socket_address: {address: 127.0.0.1, port_value: 0}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: tcp.
+          shadow_rules_stat_prefix: istio_ext_authz_
+          shadow_rules:
+            policies:
+              istio-ext-authz-ns[foo]-policy[ext-authz]-rule[0]:
+                permissions: [{any: true}]
+                principals: [{direct_remote_ip: {address_prefix: 10.0.0.0, prefix_len: 8}}]
+      - name: envoy.filters.network.ext_authz
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz
+          stat_prefix: ungated.
+          transport_api_version: V3
+          grpc_service: {envoy_grpc: {cluster_name: "outbound|9000||ext-authz.foo.svc.cluster.local", authority: outbound_.9000_._.ext-authz.foo.svc.cluster.local}, timeout: 1s}
+          filter_enabled_metadata:
+            filter: envoy.filters.network.rbac
+            path: [{key: istio_ext_authz_shadow_effective_policy_id}]
+            value: {string_match: {prefix: istio-ext-authz}}
+      - name: envoy.filters.network.tcp_proxy
+        typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy, stat_prefix: echo, cluster: echo}
+`
+
 func staticCluster(name, addr string, h2 bool) string {
 	s := `
   - name: "` + name + `"
@@ -206,7 +265,7 @@ func start(t *testing.T) *env {
 		listenerYAML("timeout", timeoutFilter, "") +
 		listenerYAML("shadow_gate", shadowGateFilters, "") +
 		listenerYAML("body", bodyFilter, "") +
-		tcpListener
+		tcpListener + gatedListeners
 	e.p = proxytest.Start(t, cfg)
 	return e
 }
@@ -481,4 +540,21 @@ func tcpRoundTrip(addr, line string) (string, error) {
 func itoa(p uint32) string {
 	b, _ := json.Marshal(p)
 	return string(b)
+}
+
+// The CUSTOM gate on TCP: with the authorizer refusing every connection, a
+// connection the shadow policy selects is checked and closed; one it does
+// not select is never sent to the authorizer and reaches the upstream.
+func TestNetworkShadowMetadataGate(t *testing.T) {
+	e := start(t)
+	e.grpcAuth.allowTCP.Store(false)
+	if got, err := tcpRoundTrip(e.p.ListenerAddr("tcp-gated").String(), "hello\n"); err == nil {
+		t.Errorf("selected connection: got %q, want it checked and closed", got)
+	}
+	if got, err := tcpRoundTrip(e.p.ListenerAddr("tcp-ungated").String(), "hello\n"); err != nil || got != "hello\n" {
+		t.Errorf("unselected connection: %q, %v; want the echo without a check", got, err)
+	}
+	e.counter(t, "ext_authz.gated.denied", 1)
+	e.counter(t, "ext_authz.ungated.disabled", 1)
+	e.counter(t, "ext_authz.ungated.total", 0)
 }

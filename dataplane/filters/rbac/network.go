@@ -19,6 +19,10 @@ import (
 // NetworkTypeURL is the typed_config type of envoy.filters.network.rbac.
 const NetworkTypeURL = "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC"
 
+// NetworkFilterName is the network filter's name in Envoy, and the
+// connection metadata namespace its shadow rules write to.
+const NetworkFilterName = "envoy.filters.network.rbac"
+
 func init() { listener.RegisterNetworkFilter(NetworkTypeURL, newNetworkFilter) }
 
 // networkFilter decides once per connection, before the rest of the chain
@@ -27,6 +31,9 @@ func init() { listener.RegisterNetworkFilter(NetworkTypeURL, newNetworkFilter) }
 // ones, keeps a refused client from ever reaching the upstream.
 type networkFilter struct {
 	engine, shadow *engine
+	// shadowPolicyKey and shadowResultKey name the connection metadata
+	// the shadow engine writes under NetworkFilterName, as Envoy does.
+	shadowPolicyKey, shadowResultKey string
 	rules, sh      counters
 	delayDeny      time.Duration
 	log            *slog.Logger
@@ -72,7 +79,10 @@ func compileNetwork(pb *netrbacv3.RBAC) (*networkFilter, error) {
 	if pb.GetShadowMatcher() != nil {
 		return nil, errors.New("shadow_matcher: the RBAC matcher tree is not supported by skiff-proxy; use shadow_rules")
 	}
-	f := &networkFilter{}
+	f := &networkFilter{
+		shadowPolicyKey: pb.GetShadowRulesStatPrefix() + shadowPolicyIDKey,
+		shadowResultKey: pb.GetShadowRulesStatPrefix() + shadowEngineResultKey,
+	}
 	o := compileOptions{network: true}
 	var err error
 	if pb.GetRules() != nil {
@@ -104,8 +114,16 @@ func (h *networkHandler) ServeConn(c net.Conn, info *core.ConnInfo) {
 	f := h.f
 	a := attrs{conn: info}
 	if f.shadow != nil {
-		ok, _ := f.shadow.decide(&a)
+		ok, matched := f.shadow.decide(&a)
 		f.sh.record(ok, -1)
+		md := map[string]any{f.shadowResultKey: "denied"}
+		if ok {
+			md[f.shadowResultKey] = "allowed"
+		}
+		if matched >= 0 {
+			md[f.shadowPolicyKey] = f.shadow.policies[matched].name
+		}
+		info.SetMetadata(NetworkFilterName, md)
 	}
 	if f.engine != nil {
 		ok, matched := f.engine.decide(&a)
