@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -39,6 +40,11 @@ func run(args []string) int {
 		concurrency  = fs.Int("concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps the Go default")
 		gcPercent    = fs.Int("gc-percent", 50, "Go GC target percentage (GOGC); a sidecar's live heap is small, so a tighter target saves resident memory for little CPU")
 		printVersion = fs.Bool("version", false, "print the version and exit")
+		caAddr       = fs.String("ca-addr", os.Getenv("CA_ADDR"), "HOST:PORT of the mesh CA (skiffd's 15012); turns the identity agent on (env CA_ADDR)")
+		caToken      = fs.String("ca-token-file", "", "file holding the bearer token presented to the CA, re-read for every request")
+		caRoot       = fs.String("ca-root-cert", "", "PEM roots that verify the CA's serving certificate (Istio's ./var/run/secrets/istio/root-cert.pem)")
+		caName       = fs.String("ca-server-name", "", "TLS server name of the CA; default the host of --ca-addr, or istiod.istio-system.svc when it is an IP")
+		keyAlg       = fs.String("key-algorithm", envOr("WORKLOAD_KEY_ALGORITHM", "ECDSA"), "workload key type: ECDSA (P-256) or RSA (2048) (env WORKLOAD_KEY_ALGORITHM)")
 	)
 	fs.Int("base-id", 0, "accepted for Envoy compatibility; ignored")
 	if err := fs.Parse(args); err != nil {
@@ -66,6 +72,13 @@ func run(args []string) int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
+	identity, err := identityFromEnv(os.Getenv)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "skiff-proxy:", err)
+		return 2
+	}
+	identity.CAAddr, identity.TokenFile, identity.CARootCert = *caAddr, *caToken, *caRoot
+	identity.CAServerName, identity.KeyAlgorithm = *caName, *keyAlg
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(*gcPercent)
 	}
@@ -75,7 +88,7 @@ func run(args []string) int {
 	p, err := proxy.New(proxy.Options{
 		ConfigPath: path, ServiceNode: *node, ServiceCluster: *cluster,
 		DrainTime: time.Duration(*drain) * time.Second, PrometheusAddr: *promAddr,
-		LogLevel: lv, Logger: logger, CommandLine: os.Args,
+		LogLevel: lv, Logger: logger, CommandLine: os.Args, Identity: identity,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "skiff-proxy:", err)
@@ -88,4 +101,33 @@ func run(args []string) int {
 		return 1
 	}
 	return 0
+}
+
+func envOr(name, def string) string {
+	if v := os.Getenv(name); v != "" {
+		return v
+	}
+	return def
+}
+
+// identityFromEnv reads pilot-agent's environment for the identity agent:
+// SECRET_TTL, SECRET_GRACE_PERIOD_RATIO and TRUST_DOMAIN.
+func identityFromEnv(getenv func(string) string) (proxy.IdentityOptions, error) {
+	var o proxy.IdentityOptions
+	if v := getenv("SECRET_TTL"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil || d <= 0 {
+			return o, fmt.Errorf("SECRET_TTL %q: want a positive duration such as 24h or 90s", v)
+		}
+		o.TTL = d
+	}
+	if v := getenv("SECRET_GRACE_PERIOD_RATIO"); v != "" {
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || r <= 0 || r >= 1 {
+			return o, fmt.Errorf("SECRET_GRACE_PERIOD_RATIO %q: want a number between 0 and 1, such as 0.5", v)
+		}
+		o.GraceRatio = r
+	}
+	o.TrustDomain = getenv("TRUST_DOMAIN")
+	return o, nil
 }

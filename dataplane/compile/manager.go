@@ -53,6 +53,9 @@ type Options struct {
 	// ListenerWarmTimeout bounds how long a listener waits for its route
 	// configuration (Envoy's initial_fetch_timeout, 15 s by default).
 	ListenerWarmTimeout time.Duration
+	// LocalSecrets, when set, serves its SDS names and every reference to
+	// the sds-grpc cluster in process; they are never asked for over ADS.
+	LocalSecrets SecretProvider
 }
 
 // Resource is one applied xDS resource with the version it came with.
@@ -86,6 +89,10 @@ type Manager struct {
 	// listeners have been asked for.
 	clustersSince time.Time
 	ldsRequested  bool
+
+	// Clusters held back until their SDS secrets arrive.
+	warmingClusters  map[string]*clusterv3.Cluster
+	clusterWarmSince map[string]time.Time
 }
 
 // New makes a manager. Call SetSubscriber before the xDS client runs.
@@ -97,7 +104,8 @@ func New(o Options) *Manager {
 		o.ListenerWarmTimeout = 15 * time.Second
 	}
 	return &Manager{
-		o: o, secrets: newSecretStore(),
+		o: o, secrets: newSecretStore(o.LocalSecrets),
+		warmingClusters: map[string]*clusterv3.Cluster{}, clusterWarmSince: map[string]time.Time{},
 		static:    map[string]map[string]*Resource{},
 		dynamic:   map[string]map[string]*Resource{},
 		versions:  map[string]string{},
@@ -157,8 +165,8 @@ func (m *Manager) ApplyStatic(b *bootstrapv3.Bootstrap) error {
 		}
 		clusters[c.GetName()] = &Resource{Message: c, LastUpdated: now}
 	}
-	for _, r := range clusters {
-		if err := m.o.Clusters.AddOrUpdate(r.Message.(*clusterv3.Cluster)); err != nil {
+	for _, n := range sortedKeys(clusters) {
+		if err := m.addOrWarmCluster(clusters[n].Message.(*clusterv3.Cluster)); err != nil {
 			return err
 		}
 	}
@@ -183,6 +191,7 @@ func (m *Manager) ApplyStatic(b *bootstrapv3.Bootstrap) error {
 		}
 	}
 	m.subscribeRoutes()
+	m.subscribeSecrets()
 	m.checkReady()
 	return nil
 }
@@ -207,6 +216,7 @@ func (m *Manager) OnUpdate(typeURL string, u *xdsclient.Update) error {
 	case secretType:
 		m.dynamic[typeURL] = next
 		m.publishSecrets()
+		m.promoteSecretWaiters()
 	default:
 		return fmt.Errorf("resource type %s is not supported by skiff-proxy", typeURL)
 	}
@@ -214,6 +224,9 @@ func (m *Manager) OnUpdate(typeURL string, u *xdsclient.Update) error {
 		return err
 	}
 	m.dynamic[typeURL] = next
+	if typeURL == clusterType {
+		m.subscribeSecrets()
+	}
 	m.versions[typeURL] = u.Version
 	m.received[typeURL] = true
 	m.checkReady()
@@ -300,19 +313,23 @@ func (m *Manager) applyClusters(next map[string]*Resource, changed, removed []st
 		return err
 	}
 	for _, n := range changed {
-		if err := m.o.Clusters.AddOrUpdate(next[n].Message.(*clusterv3.Cluster)); err != nil {
+		if err := m.addOrWarmCluster(next[n].Message.(*clusterv3.Cluster)); err != nil {
 			// Validate passed, so this is a fault of this process, not of the
 			// resource; report it rather than hide it.
 			errs = append(errs, err)
 		}
 	}
 	for _, n := range removed {
-		m.o.Clusters.Remove(n)
+		m.removeCluster(n)
 	}
+	m.subscribeEndpoints()
+	return errors.Join(errs...)
+}
+
+func (m *Manager) subscribeEndpoints() {
 	if m.sub != nil {
 		m.sub.Subscribe(endpointType, m.o.Clusters.EDSNames())
 	}
-	return errors.Join(errs...)
 }
 
 func (m *Manager) applyEndpoints(next map[string]*Resource, changed []string) error {
@@ -362,6 +379,7 @@ func (m *Manager) applyListeners(next map[string]*Resource, changed, removed []s
 	}
 	m.dynamic[listenerType] = next
 	m.subscribeRoutes()
+	m.subscribeSecrets()
 	return errors.Join(errs...)
 }
 
@@ -391,18 +409,19 @@ func (m *Manager) applyRoutes(next map[string]*Resource, changed, removed []stri
 }
 
 // activateOrWarm starts (or updates) a listener whose route configurations
-// are all present, and parks the others until RDS delivers them or the warm
-// timeout passes (then it starts anyway; requests meet 404 NR until the
-// routes arrive, as with Envoy's initial_fetch_timeout).
+// and SDS secrets are all present, and parks the others until RDS and SDS
+// deliver them or the warm timeout passes (then it starts anyway; requests
+// meet 404 NR or failed handshakes until they arrive, as with Envoy's
+// initial_fetch_timeout).
 func (m *Manager) activateOrWarm(l *listenerv3.Listener) error {
-	if missing := m.missingRoutes(l); len(missing) > 0 {
+	if missing, secrets := m.missingRoutes(l), m.missingSecrets(ListenerSDSRefs(l)); len(missing)+len(secrets) > 0 {
 		if _, already := m.warming[l.GetName()]; !already {
 			m.warmSince[l.GetName()] = time.Now()
 			name := l.GetName()
 			time.AfterFunc(m.o.ListenerWarmTimeout, func() { m.warmTimeout(name) })
 		}
 		m.warming[l.GetName()] = l
-		m.o.Logger.Debug("listener warming", "listener", l.GetName(), "waiting_for_routes", missing)
+		m.o.Logger.Debug("listener warming", "listener", l.GetName(), "waiting_for_routes", missing, "waiting_for_secrets", secrets)
 		return nil
 	}
 	delete(m.warming, l.GetName())
@@ -417,8 +436,8 @@ func (m *Manager) warmTimeout(name string) {
 	if !ok || time.Since(m.warmSince[name]) < m.o.ListenerWarmTimeout {
 		return
 	}
-	m.o.Logger.Warn("listener starts without its route configuration after the warm timeout",
-		"listener", name, "missing_routes", m.missingRoutes(l), "timeout", m.o.ListenerWarmTimeout)
+	m.o.Logger.Warn("listener starts without its route configuration or SDS secrets after the warm timeout",
+		"listener", name, "missing_routes", m.missingRoutes(l), "missing_secrets", m.missingSecrets(ListenerSDSRefs(l)), "timeout", m.o.ListenerWarmTimeout)
 	delete(m.warming, name)
 	delete(m.warmSince, name)
 	if err := m.o.Listeners.AddOrUpdate(l); err != nil {
@@ -436,7 +455,7 @@ func (m *Manager) promoteWarming() {
 	sort.Strings(names)
 	for _, n := range names {
 		l := m.warming[n]
-		if len(m.missingRoutes(l)) == 0 {
+		if len(m.missingRoutes(l))+len(m.missingSecrets(ListenerSDSRefs(l))) == 0 {
 			if err := m.activateOrWarm(l); err != nil {
 				m.o.Logger.Error("listener failed to start after warming", "listener", n, "error", err)
 			}
@@ -515,7 +534,7 @@ func (m *Manager) checkReady() {
 	if m.usesADS && !m.received[clusterType] {
 		return
 	}
-	clustersWarm := len(m.o.Clusters.Warming()) == 0
+	clustersWarm := len(m.o.Clusters.Warming()) == 0 && len(m.warmingClusters) == 0
 	if m.usesADS && !m.ldsRequested {
 		if m.clustersSince.IsZero() {
 			m.clustersSince = time.Now()
@@ -577,6 +596,8 @@ type State struct {
 	Dynamic   map[string]map[string]*Resource
 	Warming   map[string]*listenerv3.Listener
 	Versions  map[string]string
+	// WarmingClusters wait for their SDS secrets.
+	WarmingClusters []string
 }
 
 // Snapshot returns the applied state. Resource messages are shared, not
@@ -603,6 +624,7 @@ func (m *Manager) Snapshot() State {
 	for t, v := range m.versions {
 		st.Versions[t] = v
 	}
+	st.WarmingClusters = sortedKeys(m.warmingClusters)
 	return st
 }
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/skiff-mesh/skiff/dataplane/admin"
+	"github.com/skiff-mesh/skiff/dataplane/agent"
 	"github.com/skiff-mesh/skiff/dataplane/xdstypes"
 )
 
@@ -30,12 +31,15 @@ func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
 		CommandLine: &adminv3.CommandLineOptions{ConfigPath: p.o.ConfigPath,
 			DrainTime: durationpb.New(p.o.DrainTime), ServiceNode: p.o.ServiceNode, ServiceCluster: p.o.ServiceCluster},
 	})
-	if p.xds != nil {
+	if p.xds != nil || p.agent != nil {
 		p.admin.SetInitState(admin.Initializing)
 	}
 	go func() {
-		<-p.cfg.Ready()
-		p.admin.SetInitState(admin.Initialized)
+		select {
+		case <-p.ready:
+			p.admin.SetInitState(admin.Initialized)
+		case <-p.closed:
+		}
 	}()
 	var stops []func()
 	stop := func() {
@@ -123,7 +127,7 @@ func (p *Proxy) configState() *admin.ConfigState {
 		Bootstrap: st.Bootstrap, BootstrapLoaded: p.started,
 		ClustersVersion: st.Versions[xdstypes.Cluster], ListenersVersion: st.Versions[xdstypes.Listener],
 	}
-	warmingClusters := p.clusters.Warming()
+	warmingClusters := append(p.clusters.Warming(), st.WarmingClusters...)
 	add := func(dst *[]admin.Resource, typeURL string, warming func(string) bool) {
 		for _, static := range []bool{true, false} {
 			set := st.Dynamic[typeURL]
@@ -155,5 +159,23 @@ func (p *Proxy) configState() *admin.ConfigState {
 	}
 	add(&cs.Routes, xdstypes.RouteConfiguration, nil)
 	add(&cs.Secrets, xdstypes.Secret, nil)
+	p.addAgentSecrets(cs)
 	return cs
+}
+
+// addAgentSecrets shows the identity agent's secrets as Envoy shows what
+// it got from pilot-agent's SDS: dynamic active secrets (the private key
+// is redacted by the admin server).
+func (p *Proxy) addAgentSecrets(cs *admin.ConfigState) {
+	if p.agent == nil {
+		return
+	}
+	for _, n := range []string{agent.WorkloadSecret, agent.RootSecret} {
+		v, at, ok := p.agent.SecretVersion(n)
+		if !ok {
+			cs.Secrets = append(cs.Secrets, admin.Resource{Name: n, State: admin.Warming})
+			continue
+		}
+		cs.Secrets = append(cs.Secrets, admin.Resource{Name: n, State: admin.Active, Version: v, LastUpdated: at, Config: p.agent.Secret(n)})
+	}
 }

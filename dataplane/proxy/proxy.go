@@ -22,9 +22,11 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/skiff-mesh/skiff/dataplane/admin"
+	"github.com/skiff-mesh/skiff/dataplane/agent"
 	"github.com/skiff-mesh/skiff/dataplane/bootstrap"
 	"github.com/skiff-mesh/skiff/dataplane/compile"
 	// The filters skiff-proxy links: importing a filter's package registers it.
+	_ "github.com/skiff-mesh/skiff/dataplane/filters/extauthz"
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/jwtauthn"
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/rbac"
 	"github.com/skiff-mesh/skiff/dataplane/hcm"
@@ -51,6 +53,25 @@ type Options struct {
 	LogLevel       *slog.LevelVar
 	Logger         *slog.Logger
 	CommandLine    []string
+	// Identity, when its CAAddr is set, runs the identity agent: the SDS
+	// secrets "default" and "ROOTCA" (and any reference to the sds-grpc
+	// cluster) are served in process, and the proxy is ready only once the
+	// first workload certificate is in.
+	Identity IdentityOptions
+}
+
+// IdentityOptions are the identity agent's settings (pilot-agent's flags
+// and environment). Namespace and service account come from the
+// bootstrap's node.metadata NAMESPACE and SERVICE_ACCOUNT.
+type IdentityOptions struct {
+	CAAddr       string        // --ca-addr, CA_ADDR
+	CAServerName string        // --ca-server-name
+	CARootCert   string        // --ca-root-cert
+	TokenFile    string        // --ca-token-file
+	TrustDomain  string        // TRUST_DOMAIN
+	TTL          time.Duration // SECRET_TTL
+	GraceRatio   float64       // SECRET_GRACE_PERIOD_RATIO
+	KeyAlgorithm string        // ECDSA (default) or RSA
 }
 
 // Proxy is one running skiff-proxy.
@@ -65,6 +86,9 @@ type Proxy struct {
 	listeners *listener.Manager
 	cfg       *compile.Manager
 	xds       *xdsclient.Client
+	agent     *agent.Agent
+	ready     chan struct{}
+	closed    chan struct{}
 	started   time.Time
 	quit      chan struct{}
 	admin     *admin.Server
@@ -88,10 +112,27 @@ func New(o Options) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{o: o, log: o.Logger, boot: b, stats: stats.New(), started: time.Now(), quit: make(chan struct{})}
+	p := &Proxy{o: o, log: o.Logger, boot: b, stats: stats.New(), started: time.Now(), quit: make(chan struct{}),
+		ready: make(chan struct{}), closed: make(chan struct{})}
 	p.node = bootstrap.Node(b, bootstrap.NodeOverrides{ID: o.ServiceNode, Cluster: o.ServiceCluster, Version: Version})
 	p.routes = hcm.NewRouteRegistry()
-	p.cfg = compile.New(compile.Options{Routes: p.routes, Logger: p.log,
+	var local compile.SecretProvider
+	if o.Identity.CAAddr != "" {
+		md := p.node.GetMetadata().GetFields()
+		a, err := agent.New(agent.Options{
+			CAAddr: o.Identity.CAAddr, CAServerName: o.Identity.CAServerName, CARootCertPath: o.Identity.CARootCert,
+			TokenPath: o.Identity.TokenFile, TrustDomain: o.Identity.TrustDomain,
+			Namespace: md["NAMESPACE"].GetStringValue(), ServiceAccount: md["SERVICE_ACCOUNT"].GetStringValue(),
+			TTL: o.Identity.TTL, GraceRatio: o.Identity.GraceRatio, KeyAlgorithm: agent.KeyAlgorithm(o.Identity.KeyAlgorithm),
+			Stats: p.stats, Logger: p.log,
+			OnUpdate: func() { p.cfg.SecretsUpdated() },
+		})
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", o.ConfigPath, err)
+		}
+		p.agent, local = a, a
+	}
+	p.cfg = compile.New(compile.Options{Routes: p.routes, Logger: p.log, LocalSecrets: local,
 		WaitForADS: b.GetDynamicResources().GetAdsConfig() != nil})
 	p.clusters = upstream.NewManager(upstream.Options{Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log})
 	p.listeners = listener.NewManager(listener.Options{
@@ -111,7 +152,26 @@ func New(o Options) (*Proxy, error) {
 		p.close()
 		return nil, fmt.Errorf("%s: %w", o.ConfigPath, err)
 	}
+	go p.waitReady()
 	return p, nil
+}
+
+// waitReady closes ready once the first configuration is warm and, with
+// the identity agent on, the first workload certificate is in.
+func (p *Proxy) waitReady() {
+	select {
+	case <-p.cfg.Ready():
+	case <-p.closed:
+		return
+	}
+	if p.agent != nil {
+		select {
+		case <-p.agent.Ready():
+		case <-p.closed:
+			return
+		}
+	}
+	close(p.ready)
 }
 
 // setupXDS creates the ADS client when the bootstrap has dynamic_resources.
@@ -171,6 +231,13 @@ func (p *Proxy) Run(ctx context.Context) error {
 		return err
 	}
 	defer adminStop()
+	if p.agent != nil {
+		go func() {
+			if err := p.agent.Run(ctx); err != nil {
+				errc <- fmt.Errorf("identity agent: %w", err)
+			}
+		}()
+	}
 	if p.xds != nil {
 		go func() {
 			if err := p.xds.Run(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -180,7 +247,7 @@ func (p *Proxy) Run(ctx context.Context) error {
 	}
 	go func() {
 		select {
-		case <-p.cfg.Ready():
+		case <-p.ready:
 			p.log.Info("skiff-proxy ready", "listeners", p.listeners.Names(), "clusters", len(p.clusters.Names()))
 		case <-ctx.Done():
 		}
@@ -202,6 +269,11 @@ func (p *Proxy) Run(ctx context.Context) error {
 }
 
 func (p *Proxy) close() {
+	select {
+	case <-p.closed:
+	default:
+		close(p.closed)
+	}
 	if p.adminLn != nil {
 		p.adminLn.Close()
 	}
@@ -228,5 +300,9 @@ func (p *Proxy) Stats() *stats.Store { return p.stats }
 // ListenerAddr is the bound address of a listener (port 0 resolved).
 func (p *Proxy) ListenerAddr(name string) net.Addr { return p.listeners.Addr(name) }
 
-// Ready is closed once the initial configuration is in.
-func (p *Proxy) Ready() <-chan struct{} { return p.cfg.Ready() }
+// Ready is closed once the initial configuration is in (and, with the
+// identity agent on, the first workload certificate).
+func (p *Proxy) Ready() <-chan struct{} { return p.ready }
+
+// Agent is the identity agent, nil when it is off.
+func (p *Proxy) Agent() *agent.Agent { return p.agent }
