@@ -314,7 +314,7 @@ xds                                   -        -          -             STATIC
 			{"0.0.0.0", "15001", "Addr: *:15001", "Non-HTTP/Non-TCP"},
 			{"0.0.0.0", "15006", "Addr: *:15006", "Non-HTTP/Non-TCP"},
 			{"0.0.0.0", "15006", "Trans: raw_buffer; App: http/1.1,h2c", "Inline Route: /*"},
-			{"0.0.0.0", "15006", "ALL", "InboundPassthroughCluster"}}},
+			{"0.0.0.0", "15006", "Trans: raw_buffer", "InboundPassthroughCluster"}}},
 		{[]string{"proxy-config", "listeners", "client", "--port", "9080", "--verbose=false"}, [][]string{
 			{"ADDRESSES", "PORT", "TYPE"},
 			{ip, "9080", "HTTP+TCP"}}},

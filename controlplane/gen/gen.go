@@ -1,11 +1,12 @@
 // Package gen dispatches xDS generation: for a proxy and an xDS type it
-// calls the generator of that type (cds, eds, lds, rds) over the current
-// index. Each generator is a pure function of (proxy, index) in its own
+// calls the generator of that type (cds, eds, lds, rds, sds) over the
+// current index. Each generator is a pure function of (proxy, index) in its own
 // package; this one only holds the index of the config version in force.
 package gen
 
 import (
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/skiff-mesh/skiff/controlplane/gen/cds"
@@ -13,6 +14,7 @@ import (
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
 	"github.com/skiff-mesh/skiff/controlplane/gen/lds"
 	"github.com/skiff-mesh/skiff/controlplane/gen/rds"
+	"github.com/skiff-mesh/skiff/controlplane/gen/sds"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
 
@@ -25,17 +27,35 @@ const (
 	SecretType   = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
 )
 
-// Generator implements xds.Generator over the index set last.
-type Generator struct {
-	ix       atomic.Pointer[index.Index]
-	clusters *cds.Generator
+// Options are the mesh settings generation depends on.
+type Options struct {
+	// DisableAutoMTLS is for meshes without a CA (and tests): no cluster
+	// originates auto mTLS, and inbound listeners accept plaintext only,
+	// as under PeerAuthentication DISABLE; explicit DestinationRule and
+	// Gateway TLS still apply. By default both follow Istio.
+	DisableAutoMTLS bool
+	// InboundPolicy adds authorization filters to sidecars' inbound chains.
+	InboundPolicy lds.InboundPolicy
+	// Logger receives what generation refuses (a Secret a proxy may not
+	// read, a credential that does not parse); nil discards it.
+	Logger *slog.Logger
 }
 
-// New makes a generator. Auto mTLS stays off until skiffd issues workload
-// certificates (the security issue): a cluster asking for mTLS toward
-// sidecars that cannot present certificates would fail every handshake.
-func New() *Generator {
-	return &Generator{clusters: cds.New(cds.Options{DisableAutoMTLS: true})}
+// Generator implements xds.Generator over the index set last.
+type Generator struct {
+	ix        atomic.Pointer[index.Index]
+	clusters  *cds.Generator
+	listeners *lds.Generator
+	secrets   *sds.Generator
+}
+
+// New makes a generator.
+func New(o Options) *Generator {
+	return &Generator{
+		clusters:  cds.New(cds.Options{DisableAutoMTLS: o.DisableAutoMTLS}),
+		listeners: lds.New(lds.Options{DisableInboundMTLS: o.DisableAutoMTLS, InboundPolicy: o.InboundPolicy}),
+		secrets:   sds.New(o.Logger),
+	}
 }
 
 // Set installs the index of a new config version; later generation uses it.
@@ -56,13 +76,11 @@ func (g *Generator) Generate(p *xds.Proxy, typeURL string, names []string, _ *xd
 	case EndpointType:
 		return eds.Generate(p, ix, names), nil
 	case ListenerType:
-		return lds.Generate(p, ix), nil
+		return g.listeners.Generate(p, ix), nil
 	case RouteType:
 		return rds.Generate(p, ix, names), nil
 	case SecretType:
-		// Certificates arrive with the security issue; until then a proxy
-		// asking for secrets gets none rather than an error.
-		return nil, nil
+		return g.secrets.Generate(p, ix, names), nil
 	}
 	return nil, fmt.Errorf("skiffd does not serve resource type %s", typeURL)
 }

@@ -191,14 +191,14 @@ func (g *Generator) outbound(p *xds.Proxy, ix *index.Index, scope *index.Sidecar
 			if port.Protocol == model.UDP {
 				continue // Istio does not proxy UDP
 			}
-			if c := g.outboundCluster(ix.Registry(), svc, port, dr, nil, p.Proxyless); c != nil {
+			if c := g.outboundCluster(ix, p.Type, svc, port, dr, nil, p.Proxyless); c != nil {
 				out = append(out, resource(c))
 			}
 			if dr == nil {
 				continue
 			}
 			for _, ss := range dr.Rule.GetSubsets() {
-				if c := g.outboundCluster(ix.Registry(), svc, port, dr, ss, p.Proxyless); c != nil {
+				if c := g.outboundCluster(ix, p.Type, svc, port, dr, ss, p.Proxyless); c != nil {
 					out = append(out, resource(c))
 				}
 			}
@@ -244,7 +244,7 @@ func adsSource() *corev3.ConfigSource {
 // outboundCluster builds outbound|PORT|SUBSET|HOST, or nil when the
 // service cannot have one (dynamic DNS, or DNS without endpoints, or, for
 // a proxyless gRPC client, anything gRPC cannot use).
-func (g *Generator) outboundCluster(reg *model.Registry, svc *model.Service, port *model.Port, dr *index.ResolvedDR, subset *networking.Subset, grpc bool) *clusterv3.Cluster {
+func (g *Generator) outboundCluster(ix *index.Index, proxyType string, svc *model.Service, port *model.Port, dr *index.ResolvedDR, subset *networking.Subset, grpc bool) *clusterv3.Cluster {
 	name := ClusterName("outbound", port.Port, subset.GetName(), svc.Hostname)
 	c := &clusterv3.Cluster{
 		Name:           name,
@@ -255,7 +255,7 @@ func (g *Generator) outboundCluster(reg *model.Registry, svc *model.Service, por
 		c.ClusterDiscoveryType = &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS}
 		c.EdsClusterConfig = &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource(), ServiceName: name}
 	case model.DNS, model.DNSRoundRobin:
-		la := dnsAssignment(name, SelectInstances(reg.Instances(svc, port.Port), subset), svc.Resolution == model.DNSRoundRobin)
+		la := dnsAssignment(ix, name, SelectInstances(ix.Registry().Instances(svc, port.Port), subset), svc.Resolution == model.DNSRoundRobin)
 		if la == nil {
 			return nil
 		}
@@ -280,13 +280,13 @@ func (g *Generator) outboundCluster(reg *model.Registry, svc *model.Service, por
 		rule = dr.Rule
 	}
 	tp := TrafficPolicyFor(rule, port.Port, subset)
-	b := &builder{c: c, thresholds: defaultThresholds()}
+	b := &builder{c: c, thresholds: defaultThresholds(), proxyType: proxyType}
 	b.protocol(port.Protocol, tp.GetConnectionPool().GetHttp())
 	b.loadBalancer(tp.GetLoadBalancer())
 	b.connectionPool(tp.GetConnectionPool())
 	b.outlierDetection(tp.GetOutlierDetection(), c.GetType() == clusterv3.Cluster_EDS)
 	b.locality(tp.GetLoadBalancer().GetLocalityLbSetting(), tp.GetOutlierDetection() != nil)
-	g.tls(b, svc, port, subset.GetName(), tp.GetTls())
+	g.tls(b, ix, svc, port, subset.GetName(), tp, dr != nil && dr.Rule.GetWorkloadSelector() != nil)
 	b.finish()
 	c.Metadata = metadata(svc, port, subset.GetName(), dr)
 	if grpc {
@@ -318,7 +318,7 @@ func metadata(svc *model.Service, port *model.Port, subset string, dr *index.Res
 
 // dnsAssignment lists a DNS cluster's endpoints inline, each host:port
 // once; LOGICAL_DNS takes only the first, as Istio does.
-func dnsAssignment(name string, list []*model.Instance, first bool) *endpointv3.ClusterLoadAssignment {
+func dnsAssignment(ix *index.Index, name string, list []*model.Instance, first bool) *endpointv3.ClusterLoadAssignment {
 	seen := map[string]bool{}
 	var eps []*endpointv3.LbEndpoint
 	for _, in := range list {
@@ -330,10 +330,17 @@ func dnsAssignment(name string, list []*model.Instance, first bool) *endpointv3.
 			continue
 		}
 		seen[k] = true
-		eps = append(eps, &endpointv3.LbEndpoint{
+		ep := &endpointv3.LbEndpoint{
 			HostIdentifier:      &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: socketAddress(in.Address, in.Port)}},
 			LoadBalancingWeight: wrapperspb.UInt32(max(in.Weight, 1)),
-		})
+		}
+		if in.TLSMode == "istio" && !ix.MTLSDisabled(in.Namespace, in.Labels, in.Port) {
+			// What auto mTLS's transport socket match looks for, as EDS sends it.
+			ep.Metadata = &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
+				"envoy.transport_socket_match": {Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
+			}}
+		}
+		eps = append(eps, ep)
 		if first {
 			break
 		}

@@ -95,6 +95,14 @@ type builder struct {
 	c          *clusterv3.Cluster
 	thresholds *clusterv3.CircuitBreakers_Thresholds
 	http       *httpv3.HttpProtocolOptions
+	proxyType  string // of the proxy the cluster is for
+}
+
+// http2 reports whether the cluster speaks HTTP/2 upstream (Istio's
+// isHttp2Cluster): such clusters offer "h2" in their TLS ALPN.
+func (b *builder) http2() bool {
+	e, ok := b.http.GetUpstreamProtocolOptions().(*httpv3.HttpProtocolOptions_ExplicitHttpConfig_)
+	return ok && e.ExplicitHttpConfig.GetHttp2ProtocolOptions() != nil
 }
 
 func (b *builder) httpOptions() *httpv3.HttpProtocolOptions {

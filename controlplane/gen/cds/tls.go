@@ -15,18 +15,25 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 	networking "istio.io/api/networking/v1alpha3"
 
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
+	"github.com/skiff-mesh/skiff/controlplane/gen/sds"
 	"github.com/skiff-mesh/skiff/controlplane/model"
+	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
 
 // SDS resource names Istio's proxies fetch their own identity under.
 const (
-	SecretDefault = "default" // the workload certificate and key
-	SecretRootCA  = "ROOTCA"  // the mesh's trust roots
+	SecretDefault = sds.Default // the workload certificate and key
+	SecretRootCA  = sds.RootCA  // the mesh's trust roots
 )
 
-// istioALPN is what Istio's clients offer on mesh mTLS so the server can
-// tell a sidecar from another TLS client.
-var istioALPN = []string{"istio-peer-exchange", "istio"}
+// ALPN Istio's clients offer on mesh mTLS so the server can tell a
+// sidecar from another TLS client; HTTP/2 clusters add "h2".
+var (
+	istioALPN   = []string{"istio-peer-exchange", "istio"}
+	istioALPNH2 = []string{"istio-peer-exchange", "istio", "h2"}
+)
 
 // IstioSNI is the SNI Istio's clients send on mesh mTLS, naming the
 // cluster: "outbound_.9080_.v1_.reviews.default.svc.cluster.local".
@@ -34,21 +41,28 @@ func IstioSNI(port int, subset, host string) string {
 	return "outbound_." + strconv.Itoa(port) + "_." + subset + "_." + host
 }
 
-// tls applies the policy's TLS settings, or auto mTLS when it has none.
-func (g *Generator) tls(b *builder, svc *model.Service, port *model.Port, subset string, t *networking.ClientTLSSettings) {
+// tls applies the policy's TLS settings, or auto mTLS when it has none, as
+// Istio's cluster builder does.
+func (g *Generator) tls(b *builder, ix *index.Index, svc *model.Service, port *model.Port, subset string, tp *networking.TrafficPolicy, drSelects bool) {
 	c := b.c
+	t := tp.GetTls()
 	sni := IstioSNI(port.Port, subset, svc.Hostname)
 	if t == nil {
-		// Auto mTLS needs endpoint metadata, which only EDS endpoints
-		// carry; external services are not in the mesh.
-		if g.o.DisableAutoMTLS || svc.MeshExternal || c.GetType() != clusterv3.Cluster_EDS {
+		if !g.autoMTLS(ix, svc, port, tp) {
+			return
+		}
+		socket := tlsSocket(istioMutual(sni, svc.Identities(), b.http2()))
+		if c.GetType() == clusterv3.Cluster_ORIGINAL_DST {
+			// Every endpoint has a sidecar (autoMTLS checked): no metadata
+			// to match on for original destinations, mTLS outright.
+			c.TransportSocket = socket
 			return
 		}
 		c.TransportSocketMatches = []*clusterv3.Cluster_TransportSocketMatch{
 			{
 				Name:            "tlsMode-istio",
 				Match:           &structpb.Struct{Fields: map[string]*structpb.Value{"tlsMode": structpb.NewStringValue("istio")}},
-				TransportSocket: tlsSocket(istioMutual(sni, svc.Identities())),
+				TransportSocket: socket,
 			},
 			{
 				Name:            "tlsMode-disabled",
@@ -61,28 +75,57 @@ func (g *Generator) tls(b *builder, svc *model.Service, port *model.Port, subset
 	switch t.GetMode() {
 	case networking.ClientTLSSettings_ISTIO_MUTUAL:
 		sans := t.GetSubjectAltNames()
-		if len(sans) == 0 {
+		if sans == nil {
 			sans = svc.Identities()
 		}
 		if t.GetSni() != "" {
 			sni = t.GetSni()
 		}
-		c.TransportSocket = tlsSocket(istioMutual(sni, sans))
+		c.TransportSocket = tlsSocket(istioMutual(sni, sans, b.http2()))
 	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
-		c.TransportSocket = tlsSocket(userTLS(t, svc.Hostname))
+		// A credential handed to every sidecar a rule reaches would be
+		// fetched by all of them: Istio honours credentialName on a
+		// sidecar only from a rule with a workloadSelector, else the
+		// cluster gets no TLS at all.
+		if t.GetCredentialName() != "" && !drSelects && b.proxyType == xds.SidecarProxy {
+			return
+		}
+		c.TransportSocket = tlsSocket(userTLS(t, svc, b.http2()))
 	}
 }
 
+// autoMTLS decides, as Istio does, whether a cluster whose policy sets no
+// TLS speaks mesh mTLS to endpoints that have a sidecar: not when turned
+// off, not toward services outside the mesh, not when the destination's
+// mesh- or namespace-wide PeerAuthentication is DISABLE, and for original
+// destination (headless or PASSTHROUGH) only when every endpoint has a
+// sidecar. Workload-level DISABLE is the endpoints' business: their
+// tlsMode metadata (EDS) then does not match.
+func (g *Generator) autoMTLS(ix *index.Index, svc *model.Service, port *model.Port, tp *networking.TrafficPolicy) bool {
+	if g.o.DisableAutoMTLS || svc.MeshExternal {
+		return false
+	}
+	if svc.Resolution == model.Passthrough || tp.GetLoadBalancer().GetSimple() == networking.LoadBalancerSettings_PASSTHROUGH {
+		list := ix.Registry().Instances(svc, port.Port)
+		if len(list) == 0 {
+			return false
+		}
+		for _, in := range list {
+			if in.TLSMode != "istio" {
+				return false
+			}
+		}
+	}
+	return ix.NamespaceMTLSMode(svc.Namespace) != index.MTLSDisable
+}
+
 // istioMutual is the client side of mesh mTLS: the proxy's own
-// certificate and the mesh roots, both over SDS on the ADS stream, and the
-// server's identity checked against the service's SPIFFE IDs.
-func istioMutual(sni string, sans []string) *tlsv3.UpstreamTlsContext {
-	var matchers []*tlsv3.SubjectAltNameMatcher
-	for _, s := range sans {
-		matchers = append(matchers, &tlsv3.SubjectAltNameMatcher{
-			SanType: tlsv3.SubjectAltNameMatcher_URI,
-			Matcher: &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}},
-		})
+// certificate and the mesh roots from the local agent, and the server's
+// identity checked against the service's SPIFFE IDs.
+func istioMutual(sni string, sans []string, h2 bool) *tlsv3.UpstreamTlsContext {
+	alpn := istioALPN
+	if h2 {
+		alpn = istioALPNH2
 	}
 	return &tlsv3.UpstreamTlsContext{
 		Sni: sni,
@@ -91,42 +134,58 @@ func istioMutual(sni string, sans []string) *tlsv3.UpstreamTlsContext {
 				TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
 				TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
 			},
-			AlpnProtocols:                  istioALPN,
-			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{{Name: SecretDefault, SdsConfig: adsSource()}},
+			AlpnProtocols:                  alpn,
+			TlsCertificateSdsSecretConfigs: []*tlsv3.SdsSecretConfig{sds.Identity(sds.Default)},
 			ValidationContextType: &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
-					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchTypedSubjectAltNames: matchers},
-					ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: SecretRootCA, SdsConfig: adsSource()},
+					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchSubjectAltNames: exact(sans)},
+					ValidationContextSdsSecretConfig: sds.Identity(sds.RootCA),
 				},
 			},
 		},
 	}
 }
 
+func exact(names []string) []*matcherv3.StringMatcher {
+	var out []*matcherv3.StringMatcher
+	for _, s := range names {
+		out = append(out, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}})
+	}
+	return out
+}
+
 // userTLS is origination of TLS the user configured (SIMPLE or MUTUAL):
-// certificates from files, or from SDS when credentialName names a secret
-// (the certificate under that name, the CA under "<name>-cacert"). SNI is
-// the rule's, else the service host when it is not a wildcard.
-func userTLS(t *networking.ClientTLSSettings, host string) *tlsv3.UpstreamTlsContext {
-	ctx := &tlsv3.UpstreamTlsContext{Sni: t.GetSni(), CommonTlsContext: &tlsv3.CommonTlsContext{}}
-	if ctx.Sni == "" && !strings.HasPrefix(host, "*") {
-		ctx.Sni = host
+// certificates from files, or from SDS over ADS when credentialName names
+// a Secret ("kubernetes://NAME", its CA under "kubernetes://NAME-cacert").
+// SNI is the rule's, else the service host when it is not a wildcard;
+// SANs the rule's, else for a ServiceEntry its subjectAltNames.
+func userTLS(t *networking.ClientTLSSettings, svc *model.Service, h2 bool) *tlsv3.UpstreamTlsContext {
+	ctx := &tlsv3.UpstreamTlsContext{Sni: t.GetSni(), CommonTlsContext: &tlsv3.CommonTlsContext{
+		TlsParams: &tlsv3.TlsParameters{
+			TlsMinimumProtocolVersion: tlsv3.TlsParameters_TLSv1_2,
+			TlsMaximumProtocolVersion: tlsv3.TlsParameters_TLSv1_3,
+		},
+	}}
+	if ctx.Sni == "" && !strings.HasPrefix(svc.Hostname, "*") {
+		ctx.Sni = svc.Hostname
 	}
 	ctc := ctx.CommonTlsContext
-	var sans []*matcherv3.StringMatcher
-	for _, s := range t.GetSubjectAltNames() {
-		sans = append(sans, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: s}})
+	if h2 {
+		ctc.AlpnProtocols = []string{"h2"}
 	}
+	names := t.GetSubjectAltNames()
+	if len(names) == 0 && svc.Source != nil && svc.Source.Kind == config.ServiceEntry {
+		names = svc.SubjectAltNames
+	}
+	sans := exact(names)
 	verify := !t.GetInsecureSkipVerify().GetValue()
 	if name := t.GetCredentialName(); name != "" {
-		if t.GetMode() == networking.ClientTLSSettings_MUTUAL {
-			ctc.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{{Name: name, SdsConfig: adsSource()}}
-		}
+		ctc.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sds.Credential(name)}
 		if verify {
 			ctc.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
 				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
 					DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchSubjectAltNames: sans},
-					ValidationContextSdsSecretConfig: &tlsv3.SdsSecretConfig{Name: name + "-cacert", SdsConfig: adsSource()},
+					ValidationContextSdsSecretConfig: sds.Credential(name + sds.CASuffix),
 				},
 			}
 		}

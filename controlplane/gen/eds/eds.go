@@ -123,7 +123,7 @@ func Generate(p *xds.Proxy, ix *index.Index, names []string) []xds.Resource {
 		}
 		lp := localityPlan(en.tp, locality, p.Labels)
 		out = append(out, c.assignment(assignmentKey{name: name, svc: en.svc, dr: en.dr, locality: lp.key()}, func() xds.Resource {
-			return resource(assignment(name, cds.SelectInstances(ix.Registry().Instances(en.svc, en.port), en.ss), lp))
+			return resource(assignment(ix, name, cds.SelectInstances(ix.Registry().Instances(en.svc, en.port), en.ss), lp))
 		}))
 	}
 	return out
@@ -206,7 +206,7 @@ func resolve(p *xds.Proxy, ix *index.Index, c *ixCache, name string) *entry {
 	e.localityAware = dependsOnProxy(e.tp)
 	if !e.localityAware {
 		e.shared = c.assignmentFunc(assignmentKey{name: name, svc: svc, dr: e.dr}, func() xds.Resource {
-			return resource(assignment(name, cds.SelectInstances(ix.Registry().Instances(svc, port), e.ss), plan{}))
+			return resource(assignment(ix, name, cds.SelectInstances(ix.Registry().Instances(svc, port), e.ss), plan{}))
 		})
 	}
 	return e
@@ -238,7 +238,7 @@ func proxyLocality(p *xds.Proxy, ix *index.Index) string {
 
 // assignment builds the load assignment: instances grouped by locality
 // (sorted), each group weighted by the sum of its endpoints' weights.
-func assignment(name string, insts []*model.Instance, lp plan) *endpointv3.ClusterLoadAssignment {
+func assignment(ix *index.Index, name string, insts []*model.Instance, lp plan) *endpointv3.ClusterLoadAssignment {
 	type group struct {
 		locality string
 		priority uint32
@@ -269,7 +269,7 @@ func assignment(name string, insts []*model.Instance, lp plan) *endpointv3.Clust
 			}}},
 			HealthStatus:        health(in),
 			LoadBalancingWeight: wrapperspb.UInt32(w),
-			Metadata:            metadata(in),
+			Metadata:            metadata(in, ix.MTLSDisabled(in.Namespace, in.Labels, in.Port)),
 		})
 	}
 	slices.SortFunc(order, func(a, b group) int {
@@ -302,8 +302,9 @@ func health(in *model.Instance) corev3.HealthStatus {
 
 // metadata is what Istio attaches to an endpoint: its workload for
 // telemetry ("name;namespace;canonical service;canonical revision;cluster")
-// and, for endpoints with a sidecar, the tlsMode auto mTLS matches on.
-func metadata(in *model.Instance) *corev3.Metadata {
+// and, for endpoints with a sidecar that accepts mTLS (not under
+// PeerAuthentication DISABLE), the tlsMode auto mTLS matches on.
+func metadata(in *model.Instance, mtlsDisabled bool) *corev3.Metadata {
 	canonical := cmp.Or(in.Labels["service.istio.io/canonical-name"], in.Labels["app.kubernetes.io/name"], in.Labels["app"], in.Workload)
 	revision := cmp.Or(in.Labels["service.istio.io/canonical-revision"], in.Labels["app.kubernetes.io/version"], in.Labels["version"], "latest")
 	md := &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{
@@ -311,7 +312,7 @@ func metadata(in *model.Instance) *corev3.Metadata {
 			"workload": structpb.NewStringValue(in.Workload + ";" + in.Namespace + ";" + canonical + ";" + revision + ";" + ClusterID),
 		}},
 	}}
-	if in.TLSMode == "istio" {
+	if in.TLSMode == "istio" && !mtlsDisabled {
 		md.FilterMetadata["envoy.transport_socket_match"] = &structpb.Struct{Fields: map[string]*structpb.Value{
 			"tlsMode": structpb.NewStringValue("istio"),
 		}}

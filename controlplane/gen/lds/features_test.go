@@ -111,7 +111,9 @@ func TestGatewayTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	if s := internal.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs(); len(s) != 1 || s[0].GetName() != "default" ||
-		internal.GetCommonTlsContext().GetValidationContextSdsSecretConfig().GetName() != "ROOTCA" || !internal.GetRequireClientCertificate().GetValue() {
+		s[0].GetSdsConfig().GetApiConfigSource().GetGrpcServices()[0].GetEnvoyGrpc().GetClusterName() != "sds-grpc" ||
+		internal.GetCommonTlsContext().GetCombinedValidationContext().GetValidationContextSdsSecretConfig().GetName() != "ROOTCA" ||
+		!internal.GetRequireClientCertificate().GetValue() {
 		t.Errorf("ISTIO_MUTUAL: %v", &internal)
 	}
 	var files, mtls tlsv3.DownstreamTlsContext
@@ -127,10 +129,10 @@ func TestGatewayTLS(t *testing.T) {
 	if err := l8443.GetFilterChains()[1].GetTransportSocket().GetTypedConfig().UnmarshalTo(&mtls); err != nil {
 		t.Fatal(err)
 	}
-	if s := mtls.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs(); len(s) != 1 || s[0].GetName() != "api-cred" {
+	if s := mtls.GetCommonTlsContext().GetTlsCertificateSdsSecretConfigs(); len(s) != 1 || s[0].GetName() != "kubernetes://api-cred" || s[0].GetSdsConfig().GetAds() == nil {
 		t.Errorf("SDS certificate = %v", s)
 	}
-	if v := mtls.GetCommonTlsContext().GetValidationContextSdsSecretConfig(); v.GetName() != "api-cred-cacert" || !mtls.GetRequireClientCertificate().GetValue() {
+	if v := mtls.GetCommonTlsContext().GetCombinedValidationContext().GetValidationContextSdsSecretConfig(); v.GetName() != "kubernetes://api-cred-cacert" || !mtls.GetRequireClientCertificate().GetValue() {
 		t.Errorf("MUTUAL: validation %v require %v", v, mtls.GetRequireClientCertificate())
 	}
 	// Only the SNI inside the server's hosts (*.passthrough.example.com) is routed.
@@ -216,9 +218,16 @@ spec:
 	wantChains(t, listenerByName(t, ls, "198.19.0.5_3306"), []string{"-> tcp:outbound|3306||legacy.default.svc.cluster.local"})
 	wantChains(t, listenerByName(t, ls, "virtualInbound"), []string{
 		"port=15006 -> tcp:BlackHoleCluster",
-		"port=9080 -> inline:inbound|9080||",
+		// PERMISSIVE (no PeerAuthentication): Istio's five passthrough
+		// chains (mTLS HTTP, plaintext HTTP, mTLS TCP, plaintext TCP,
+		// the application's own TLS), then mTLS and plaintext per port.
+		"alpn=istio-http/1.0,istio-http/1.1,istio-h2 tls -> inline:InboundPassthroughCluster",
 		"alpn=http/1.1,h2c -> inline:InboundPassthroughCluster",
+		"alpn=istio-peer-exchange,istio tls -> tcp:InboundPassthroughCluster",
 		"-> tcp:InboundPassthroughCluster",
+		"-> tcp:InboundPassthroughCluster",
+		"port=9080 alpn=istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2 tls -> inline:inbound|9080||",
+		"port=9080 -> inline:inbound|9080||",
 	})
 
 	rt := indextest.SidecarFor(t, ix, "default", "ratings-v1-0")
@@ -271,10 +280,19 @@ spec:
 	goldenListeners(t, "sidecar-ports.productpage", ls)
 	wantChains(t, listenerByName(t, ls, "virtualInbound"), []string{
 		"port=15006 -> tcp:BlackHoleCluster",
-		"port=9080 -> inline:inbound|9080||",
-		"port=9090 -> tcp:inbound|9090||",
+		// PERMISSIVE (no PeerAuthentication): Istio's five passthrough
+		// chains (mTLS HTTP, plaintext HTTP, mTLS TCP, plaintext TCP,
+		// the application's own TLS), then mTLS and plaintext per port.
+		"alpn=istio-http/1.0,istio-http/1.1,istio-h2 tls -> inline:InboundPassthroughCluster",
 		"alpn=http/1.1,h2c -> inline:InboundPassthroughCluster",
+		"alpn=istio-peer-exchange,istio tls -> tcp:InboundPassthroughCluster",
 		"-> tcp:InboundPassthroughCluster",
+		"-> tcp:InboundPassthroughCluster",
+		"port=9080 alpn=istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2 tls -> inline:inbound|9080||",
+		"port=9080 -> inline:inbound|9080||",
+		"port=9090 alpn=istio,istio-peer-exchange,istio-http/1.0,istio-http/1.1,istio-h2 tls -> tcp:inbound|9090||",
+		"port=9090 -> tcp:inbound|9090||",
+		"port=9090 -> tcp:inbound|9090||",
 	})
 	bound := listenerByName(t, ls, "127.0.0.1_9080")
 	if !bound.GetBindToPort().GetValue() || bound.GetAddress().GetSocketAddress().GetAddress() != "127.0.0.1" {

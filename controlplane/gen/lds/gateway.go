@@ -8,12 +8,14 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	networking "istio.io/api/networking/v1alpha3"
 
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
 	"github.com/skiff-mesh/skiff/controlplane/gen/rds"
+	"github.com/skiff-mesh/skiff/controlplane/gen/sds"
 	"github.com/skiff-mesh/skiff/controlplane/model"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
@@ -145,72 +147,97 @@ func gatewayL4Chains(p *xds.Proxy, ix *index.Index, s rds.Server, tls bool) []*l
 	return out
 }
 
-// downstreamTLS is the server side of a terminating gateway server:
-// certificates from files (serverCertificate/privateKey, or each of
-// tlsCertificates), or from SDS over ADS (credentialName, each of
-// credentialNames; ISTIO_MUTUAL uses the workload's own "default" and
-// "ROOTCA"); client certificates verified for MUTUAL and ISTIO_MUTUAL.
+// downstreamTLS is the server side of a terminating gateway server, as
+// Istio builds it: certificates from files (serverCertificate/privateKey,
+// or each of tlsCertificates), from Kubernetes Secrets over ADS
+// (credentialName or each of credentialNames, as "kubernetes://NAME"; the
+// CA verifying clients under "kubernetes://NAME-cacert"), or, for
+// ISTIO_MUTUAL, the gateway's own workload identity from its agent
+// ("default" and "ROOTCA" on sds-grpc). MUTUAL and ISTIO_MUTUAL require
+// a client certificate; OPTIONAL_MUTUAL verifies one when sent.
 func downstreamTLS(t *networking.ServerTLSSettings) *corev3.TransportSocket {
 	ctc := &tlsv3.CommonTlsContext{AlpnProtocols: []string{"h2", "http/1.1"}}
-	ads := &corev3.ConfigSource{
-		ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
-		ResourceApiVersion:    corev3.ApiVersion_V3,
-	}
-	sds := func(name string) *tlsv3.SdsSecretConfig { return &tlsv3.SdsSecretConfig{Name: name, SdsConfig: ads} }
 	mode := t.GetMode()
-	verify := mode == networking.ServerTLSSettings_MUTUAL || mode == networking.ServerTLSSettings_ISTIO_MUTUAL
-	var caSDS, caFile string
+	require := mode == networking.ServerTLSSettings_MUTUAL || mode == networking.ServerTLSSettings_ISTIO_MUTUAL
+	verify := require || mode == networking.ServerTLSSettings_OPTIONAL_MUTUAL
+	sans := sanMatchers(t.GetSubjectAltNames())
 	switch {
 	case mode == networking.ServerTLSSettings_ISTIO_MUTUAL:
-		ctc.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sds("default")}
-		caSDS = "ROOTCA"
+		ctc.TlsCertificateSdsSecretConfigs = []*tlsv3.SdsSecretConfig{sds.Identity(sds.Default)}
+		ctc.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+			CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+				DefaultValidationContext:         &tlsv3.CertificateValidationContext{MatchSubjectAltNames: sans},
+				ValidationContextSdsSecretConfig: sds.Identity(sds.RootCA),
+			},
+		}
 	case t.GetCredentialName() != "" || len(t.GetCredentialNames()) > 0:
 		names := t.GetCredentialNames()
-		if cn := t.GetCredentialName(); cn != "" {
-			names = []string{cn}
+		if len(names) == 0 {
+			names = []string{t.GetCredentialName()}
 		}
 		for _, n := range names {
-			ctc.TlsCertificateSdsSecretConfigs = append(ctc.TlsCertificateSdsSecretConfigs, sds(n))
+			ctc.TlsCertificateSdsSecretConfigs = append(ctc.TlsCertificateSdsSecretConfigs, sds.Credential(n))
 		}
-		caSDS = names[0] + "-cacert"
+		ca := names[0] + sds.CASuffix // one CA for all certificates, as in Istio
 		if cc := t.GetCaCertCredentialName(); cc != "" {
-			caSDS = cc
+			ca = cc
 		}
-	case len(t.GetTlsCertificates()) > 0:
-		for _, c := range t.GetTlsCertificates() {
+		switch {
+		case verify:
+			ctc.ValidationContextType = &tlsv3.CommonTlsContext_CombinedValidationContext{
+				CombinedValidationContext: &tlsv3.CommonTlsContext_CombinedCertificateValidationContext{
+					DefaultValidationContext: &tlsv3.CertificateValidationContext{
+						MatchSubjectAltNames:  sans,
+						VerifyCertificateSpki: t.GetVerifyCertificateSpki(),
+						VerifyCertificateHash: t.GetVerifyCertificateHash(),
+					},
+					ValidationContextSdsSecretConfig: sds.Credential(ca),
+				},
+			}
+		case len(sans) > 0:
+			ctc.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{
+				ValidationContext: &tlsv3.CertificateValidationContext{MatchSubjectAltNames: sans},
+			}
+		}
+	default:
+		certs := t.GetTlsCertificates()
+		if len(certs) == 0 {
+			certs = []*networking.ServerTLSSettings_TLSCertificate{{ServerCertificate: t.GetServerCertificate(), PrivateKey: t.GetPrivateKey()}}
+		}
+		for _, c := range certs {
 			ctc.TlsCertificates = append(ctc.TlsCertificates, &tlsv3.TlsCertificate{
 				CertificateChain: fileSource(c.GetServerCertificate()), PrivateKey: fileSource(c.GetPrivateKey()),
 			})
 		}
-		caFile = t.GetCaCertificates()
-	default:
-		ctc.TlsCertificates = []*tlsv3.TlsCertificate{{
-			CertificateChain: fileSource(t.GetServerCertificate()),
-			PrivateKey:       fileSource(t.GetPrivateKey()),
-		}}
-		caFile = t.GetCaCertificates()
-	}
-	if verify {
-		switch {
-		case caSDS != "":
-			ctc.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContextSdsSecretConfig{ValidationContextSdsSecretConfig: sds(caSDS)}
-		case caFile != "":
+		if verify && t.GetCaCertificates() != "" {
 			ctc.ValidationContextType = &tlsv3.CommonTlsContext_ValidationContext{
-				ValidationContext: &tlsv3.CertificateValidationContext{TrustedCa: fileSource(caFile)},
+				ValidationContext: &tlsv3.CertificateValidationContext{
+					TrustedCa:             fileSource(t.GetCaCertificates()),
+					MatchSubjectAltNames:  sans,
+					VerifyCertificateSpki: t.GetVerifyCertificateSpki(),
+					VerifyCertificateHash: t.GetVerifyCertificateHash(),
+				},
 			}
 		}
 	}
-	if params := tlsParams(t); params != nil {
-		ctc.TlsParams = params
+	if mode != networking.ServerTLSSettings_ISTIO_MUTUAL {
+		if params := tlsParams(t); params != nil {
+			ctc.TlsParams = params
+		}
 	}
-	dtc := &tlsv3.DownstreamTlsContext{CommonTlsContext: ctc}
-	if verify {
-		dtc.RequireClientCertificate = wrapperspb.Bool(true)
-	}
+	dtc := &tlsv3.DownstreamTlsContext{CommonTlsContext: ctc, RequireClientCertificate: wrapperspb.Bool(require)}
 	return &corev3.TransportSocket{
 		Name:       "envoy.transport_sockets.tls",
 		ConfigType: &corev3.TransportSocket_TypedConfig{TypedConfig: mustAny(dtc)},
 	}
+}
+
+func sanMatchers(names []string) []*matcherv3.StringMatcher {
+	var out []*matcherv3.StringMatcher
+	for _, n := range names {
+		out = append(out, &matcherv3.StringMatcher{MatchPattern: &matcherv3.StringMatcher_Exact{Exact: n}})
+	}
+	return out
 }
 
 func fileSource(path string) *corev3.DataSource {

@@ -3,9 +3,13 @@
 // port handing connections to the listener of their original
 // destination), one outbound listener per HTTP port ("0.0.0.0_9080",
 // routes by RDS "9080") and per TCP service address ("198.19.0.7_3306"),
-// and virtualInbound (0.0.0.0:15006) with a filter chain per workload
-// port. A gateway gets one bound listener per server port. A proxyless
-// gRPC client gets an API listener per reachable "host:port".
+// and virtualInbound (0.0.0.0:15006) with filter chains per workload
+// port for the mTLS mode its PeerAuthentication sets (mTLS terminated
+// with the workload's identity from its agent, plaintext, or both) and
+// passthrough chains for undeclared ports, with room for policy filters
+// (InboundPolicy). A gateway gets one bound listener per server port,
+// TLS from files, Kubernetes Secrets (over SDS) or its own identity. A
+// proxyless gRPC client gets an API listener per reachable "host:port".
 //
 // Output is shared between proxies that would get the same answer. The
 // cache key (within one index, i.e. one config version) is: proxy type
@@ -13,13 +17,15 @@
 // resource), the bind address and HTTP proxy port, the proxy's values of
 // the labels a VirtualService matches sourceLabels on, and for gateways
 // the selected Gateway objects. A captured sidecar's inbound listener is
-// cached apart, by its workload's ports (from the services its IPs serve).
+// cached apart, by its workload's ports (from the services its IPs serve),
+// its effective PeerAuthentication and its InboundPolicy filters.
 package lds
 
 import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync/atomic"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
@@ -47,11 +53,58 @@ const (
 	InboundCapturePort  = 15006
 )
 
+// InboundPolicy supplies the policy filters of a sidecar's inbound
+// chains (AuthorizationPolicy, RequestAuthentication): for the proxy and
+// one inbound port (0 for the passthrough chains of undeclared ports), the
+// HTTP filters to run before fault, CORS and the router, and the network
+// filters to run before tcp_proxy. Its answer must depend only on its
+// arguments; the listener is cached by what it returns.
+type InboundPolicy interface {
+	InboundFilters(p *xds.Proxy, ix *index.Index, port int) (http []*hcmv3.HttpFilter, network []*listenerv3.Filter)
+}
+
+// InboundPolicyFunc adapts a function to InboundPolicy.
+type InboundPolicyFunc func(p *xds.Proxy, ix *index.Index, port int) ([]*hcmv3.HttpFilter, []*listenerv3.Filter)
+
+// InboundFilters implements InboundPolicy.
+func (f InboundPolicyFunc) InboundFilters(p *xds.Proxy, ix *index.Index, port int) ([]*hcmv3.HttpFilter, []*listenerv3.Filter) {
+	return f(p, ix, port)
+}
+
+// Options are the mesh settings listener generation depends on.
+type Options struct {
+	// DisableInboundMTLS makes every inbound chain plaintext, as if
+	// every PeerAuthentication said DISABLE: for meshes without a CA,
+	// where no proxy has a certificate to terminate mTLS with.
+	DisableInboundMTLS bool
+	// InboundPolicy, when set, adds policy filters to inbound chains.
+	InboundPolicy InboundPolicy
+}
+
+// Generator generates listeners with fixed Options. It is safe for
+// concurrent use.
+type Generator struct {
+	o      Options
+	prefix string // names this generator's entries in each Index's cache
+}
+
+var generators atomic.Int64
+
+// New returns a Generator.
+func New(o Options) *Generator {
+	return &Generator{o: o, prefix: "lds" + strconv.FormatInt(generators.Add(1), 10) + "|"}
+}
+
+var defaultGenerator = New(Options{})
+
+// Generate returns every listener of the proxy with default Options.
+func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource { return defaultGenerator.Generate(p, ix) }
+
 // Generate returns every listener of the proxy, sorted by name. The
 // messages are shared with other proxies and must not be modified.
-func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
+func (g *Generator) Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 	if p.Type == xds.RouterProxy || p.Proxyless || !p.Captured() {
-		return slices.Clone(cachedListeners(ix, "lds|"+cacheKey(p, ix, false), func() []*listenerv3.Listener {
+		return slices.Clone(cachedListeners(ix, g.prefix+cacheKey(p, ix), func() []*listenerv3.Listener {
 			switch {
 			case p.Proxyless:
 				return proxylessListeners(p, ix)
@@ -65,12 +118,13 @@ func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 		}))
 	}
 	// A sidecar's outbound listeners are the same for every proxy of a
-	// namespace, its inbound one differs with the workload's ports: they
-	// are cached apart, or 2000 sidecars of 1000 services would each build
-	// the mesh's outbound listeners.
-	out := cachedListeners(ix, "lds|"+cacheKey(p, ix, false), func() []*listenerv3.Listener { return outboundListeners(p, ix) })
-	in := cachedListeners(ix, "lds|"+cacheKey(p, ix, true), func() []*listenerv3.Listener {
-		return []*listenerv3.Listener{inboundListener(p, ix)}
+	// namespace, its inbound one differs with the workload's ports and
+	// policies: they are cached apart, or 2000 sidecars of 1000 services
+	// would each build the mesh's outbound listeners.
+	out := cachedListeners(ix, g.prefix+cacheKey(p, ix), func() []*listenerv3.Listener { return outboundListeners(p, ix) })
+	ic := g.inbound(p, ix)
+	in := cachedListeners(ix, g.prefix+ic.key(), func() []*listenerv3.Listener {
+		return []*listenerv3.Listener{ic.listener()}
 	})
 	all := append(slices.Clone(out), in...)
 	slices.SortFunc(all, func(a, b xds.Resource) int { return strings.Compare(a.Name, b.Name) })
@@ -89,18 +143,10 @@ func cachedListeners(ix *index.Index, key string, build func() []*listenerv3.Lis
 	}).([]xds.Resource)
 }
 
-// cacheKey is what the listeners depend on; see the package doc. inbound
-// selects the key of the sidecar's inbound listener, which depends on its
-// workload's ports and on nothing the outbound ones do.
-func cacheKey(p *xds.Proxy, ix *index.Index, inbound bool) string {
+// cacheKey is what the outbound and gateway listeners depend on; see the
+// package doc.
+func cacheKey(p *xds.Proxy, ix *index.Index) string {
 	var b strings.Builder
-	if inbound {
-		b.WriteString("inbound|" + ix.SidecarScope(p).Key())
-		for _, in := range inboundPorts(p, ix) {
-			b.WriteString("|in:" + strconv.Itoa(in.port) + "/" + string(in.protocol) + "/" + in.host)
-		}
-		return b.String()
-	}
 	b.WriteString(p.Type)
 	if p.Proxyless {
 		b.WriteString("/grpc")
@@ -189,17 +235,18 @@ func networkFilter(name string, cfg proto.Message) *listenerv3.Filter {
 	return &listenerv3.Filter{Name: name, ConfigType: &listenerv3.Filter_TypedConfig{TypedConfig: mustAny(cfg)}}
 }
 
-// httpFilters are Istio's HTTP filters that skiff-proxy runs: fault and
-// CORS (configured per route) before the router.
-func httpFilters() []*hcmv3.HttpFilter {
+// httpFilters are Istio's HTTP filters that skiff-proxy runs: policy
+// filters (inbound), then fault and CORS (configured per route), then the
+// router.
+func httpFilters(policy []*hcmv3.HttpFilter) []*hcmv3.HttpFilter {
 	f := func(name string, m proto.Message) *hcmv3.HttpFilter {
 		return &hcmv3.HttpFilter{Name: name, ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(m)}}
 	}
-	return []*hcmv3.HttpFilter{
+	return append(slices.Clone(policy),
 		f(rds.FaultFilter, &faultv3.HTTPFault{}),
 		f(rds.CorsFilter, &corsv3.Cors{}),
 		f("envoy.filters.http.router", &routerv3.Router{}),
-	}
+	)
 }
 
 // hcmOptions vary the HTTP connection manager by direction.
@@ -209,6 +256,7 @@ type hcmOptions struct {
 	routeConfig      *routev3.RouteConfiguration // an inline one (inbound)
 	useRemoteAddress bool                        // gateways: the client is the peer
 	normalizePath    bool                        // inbound and gateways
+	policy           []*hcmv3.HttpFilter         // inbound: before the others
 }
 
 // httpConnectionManager builds the HCM filter as Istio configures it for
@@ -216,7 +264,7 @@ type hcmOptions struct {
 func httpConnectionManager(o hcmOptions) *listenerv3.Filter {
 	h := &hcmv3.HttpConnectionManager{
 		StatPrefix:        o.statPrefix,
-		HttpFilters:       httpFilters(),
+		HttpFilters:       httpFilters(o.policy),
 		UseRemoteAddress:  wrapperspb.Bool(o.useRemoteAddress),
 		GenerateRequestId: wrapperspb.Bool(true),
 		UpgradeConfigs:    []*hcmv3.HttpConnectionManager_UpgradeConfig{{UpgradeType: "websocket"}},
