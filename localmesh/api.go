@@ -40,6 +40,7 @@ type Report struct {
 	GatewayURL     string      `json:"gateway_url"`
 	ProductPageURL string      `json:"product_page_url,omitempty"`
 	MonitoringAddr string      `json:"monitoring_addr"`
+	SecureAddr     string      `json:"secure_addr"` // skiffd's CA and xDS over TLS
 	Capture        string      `json:"capture"`
 	Pods           []PodStatus `json:"pods"`
 	// Gateways are the Gateway API Gateways' listeners and their URLs.
@@ -51,15 +52,18 @@ type Report struct {
 
 // PodStatus is one row of `skiff status`.
 type PodStatus struct {
-	Namespace string        `json:"namespace"`
-	Name      string        `json:"name"`
-	Ready     string        `json:"ready"` // "2/2": running containers, sidecar included
-	Status    string        `json:"status"`
-	Restarts  int           `json:"restarts"`
-	IP        string        `json:"ip"`
-	Proxy     string        `json:"proxy"` // SYNCED, STALE, NACKED, NOT CONNECTED or "-" without a sidecar
-	Admin     string        `json:"admin,omitempty"`
-	Age       time.Duration `json:"age"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Ready     string `json:"ready"` // "2/2": running containers, sidecar included
+	Status    string `json:"status"`
+	Restarts  int    `json:"restarts"`
+	IP        string `json:"ip"`
+	Proxy     string `json:"proxy"` // SYNCED, STALE, NACKED, NOT CONNECTED or "-" without a sidecar
+	Admin     string `json:"admin,omitempty"`
+	// Identity is the SPIFFE ID the pod's proxy holds a certificate for;
+	// "" without a proxy.
+	Identity string        `json:"identity,omitempty"`
+	Age      time.Duration `json:"age"`
 }
 
 func (m *mesh) apiHandler() http.Handler {
@@ -231,7 +235,7 @@ func (m *mesh) serveDelete(w http.ResponseWriter, r *http.Request) {
 }
 
 func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
-	rep := Report{GatewayURL: m.gatewayURL, MonitoringAddr: m.monAddr, Capture: m.capture,
+	rep := Report{GatewayURL: m.gatewayURL, MonitoringAddr: m.monAddr, SecureAddr: m.secAddr, Capture: m.capture,
 		Gateways: m.gatewayURLs()}
 	if path := productPagePath(m.store.Snapshot()); path != "" {
 		rep.ProductPageURL = m.gatewayURL + path
@@ -245,6 +249,7 @@ func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
 			procs = append(procs, p.proxy)
 			ps.Admin = p.adminAddr()
 			ps.Proxy = syncOf(sync, p.name+"."+p.namespace)
+			ps.Identity = spiffeID(p.namespace, p.serviceAccount)
 		}
 		running := 0
 		for _, c := range procs {

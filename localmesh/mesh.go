@@ -47,6 +47,7 @@ type Options struct {
 	Dir            string // the manifests (watched)
 	StateDir       string // mesh.json, logs, bootstraps
 	XDSAddr        string // skiffd's ADS (default 127.0.0.1:15010; the bridge's 198.18.0.1:15010 with netns capture)
+	SecureAddr     string // skiffd's CA and ADS over TLS (default the xDS host's port 15012: 127.0.0.1:15012, or the bridge's 198.18.0.1:15012 with netns capture; a free port when the xDS port is 0)
 	MonitoringAddr string // skiffd's debug endpoints (default 127.0.0.1:15014)
 	APIAddr        string // the control API (default 127.0.0.1:0)
 	GatewayPort    int    // loopback port forwarded to the gateway; 0 picks one
@@ -140,6 +141,8 @@ type mesh struct {
 	skiffd  *skiffdProc
 	xdsAddr string // skiffd's addresses, resolved once and kept across its restarts
 	monAddr string
+	secAddr string
+	tokens  *podTokens
 	network network
 	capture string
 	pool    *addrPool
@@ -264,7 +267,24 @@ func Run(ctx context.Context, o Options) error {
 	if m.monAddr, err = resolveAddr("--monitoring-addr", o.MonitoringAddr); err != nil {
 		return err
 	}
-	m.rt.xdsAddr = m.xdsAddr
+	if m.secAddr, err = resolveAddr("--secure-addr", m.o.SecureAddr); err != nil {
+		return err
+	}
+	m.rt.xdsAddr, m.rt.secureAddr = m.xdsAddr, m.secAddr
+
+	// Identity: skiffd's CA keeps its root under STATE/ca and learns each
+	// pod's token from the tokens file (identity.go).
+	caDir := filepath.Join(o.StateDir, caStateDir)
+	if err := os.MkdirAll(caDir, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	if m.tokens, err = newPodTokens(filepath.Join(caDir, caTokensFile)); err != nil {
+		return err
+	}
+	m.rt.tokens, m.rt.rootCert = m.tokens, filepath.Join(caDir, caRootCertFile)
+	if m.rt.agent = proxyHasAgent(ctx, proxyPath); !m.rt.agent {
+		m.progress("identity: %s has no identity agent (no --ca-addr flag); sidecars run without workload certificates", proxyPath)
+	}
 
 	// skiffd serves a mirror of the store; it runs as its own process,
 	// restarted when it exits, and stops last whatever path Run leaves by.
@@ -291,7 +311,7 @@ func Run(ctx context.Context, o Options) error {
 	if err := m.waitSkiffd(ctx); err != nil {
 		return err
 	}
-	m.progress("skiffd serving %s: xDS %s, debug http://%s/debug/syncz, log %s", o.Dir, m.xdsAddr, m.monAddr, m.skiffd.logPath)
+	m.progress("skiffd serving %s: xDS %s, CA and xDS over TLS %s, debug http://%s/debug/syncz, log %s", o.Dir, m.xdsAddr, m.secAddr, m.monAddr, m.skiffd.logPath)
 
 	api := &http.Server{Handler: m.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go api.Serve(apiLn)
@@ -329,7 +349,7 @@ func Run(ctx context.Context, o Options) error {
 
 // chooseCapture settles the capture mode and its network.
 func (m *mesh) chooseCapture(ctx context.Context) (loopback bool, err error) {
-	const loopbackDiffers = "no transparent capture; HTTP and gRPC go through each pod's HTTP_PROXY, TCP needs Sidecar egress listeners"
+	const loopbackDiffers = "no transparent capture; HTTP and gRPC go through each pod's HTTP_PROXY, TCP needs Sidecar egress listeners, and pods are reached in plaintext (mutual TLS between sidecars needs netns capture)"
 	switch m.o.Capture {
 	case CaptureLoopback:
 		m.progress("capture: loopback: %s", loopbackDiffers)
@@ -359,6 +379,7 @@ func (m *mesh) chooseCapture(ctx context.Context) (loopback bool, err error) {
 	if m.o.XDSAddr == "" {
 		m.o.XDSAddr = "127.0.0.1:15010"
 	}
+	m.o.SecureAddr = secureDefault(m.o.SecureAddr, m.o.XDSAddr)
 	return true, nil
 }
 
@@ -369,10 +390,28 @@ func (m *mesh) useNetns(n *nsNetwork) {
 		// Pods reach the host through the bridge, not its loopback.
 		m.o.XDSAddr = net.JoinHostPort(n.host.Gateway().String(), "15010")
 	}
+	m.o.SecureAddr = secureDefault(m.o.SecureAddr, m.o.XDSAddr)
 	m.progress("capture: netns (each pod in its own network namespace on bridge %s, traffic redirected to its sidecar)", n.host.Bridge())
 }
 
 var goos = runtime.GOOS
+
+// secureDefault is the CA's address unless given: on the xDS address's
+// host, port 15012, or a free port when the xDS port is picked free (so
+// meshes side by side, as tests run them, do not collide).
+func secureDefault(given, xdsAddr string) string {
+	if given != "" {
+		return given
+	}
+	host, port, err := net.SplitHostPort(xdsAddr)
+	if err != nil {
+		return "127.0.0.1:15012" // resolveAddr reports the bad xDS address
+	}
+	if port == "0" {
+		return net.JoinHostPort(host, "0")
+	}
+	return net.JoinHostPort(host, "15012")
+}
 
 // findProxy locates skiff-proxy: the given path, else next to the running
 // executable, else in PATH.
@@ -670,6 +709,9 @@ func (m *mesh) startDesired(ctx context.Context, d desired) bool {
 	// proxy alone, as a router.
 	p.gateway = isGatewayPod(d.tmpl)
 	p.sidecar = !p.gateway && m.wantsSidecar(p)
+	// In loopback mode apps listen on their pod address themselves, with
+	// no inbound capture, so clients must reach them in plaintext.
+	p.mtls = p.sidecar && m.capture == CaptureNetns
 	if err := m.startPod(ctx, p, d.path); err != nil {
 		msg := describeAt(d.obj, err)
 		m.mu.Lock()
@@ -741,6 +783,7 @@ func (m *mesh) startPod(ctx context.Context, p *pod, path string) error {
 		return err
 	}
 	if err := m.rt.prepare(ctx, p, path); err != nil {
+		m.tokens.forget(p)
 		p.net.Remove()
 		m.pool.put(ip)
 		return err
@@ -774,6 +817,9 @@ func (m *mesh) stopPod(p *pod) {
 		defer m.stopping.Done()
 		m.awaitEndpointRemoval()
 		p.stop()
+		if err := m.tokens.forget(p); err != nil {
+			m.progress("pod %s/%s: revoking its CA token: %v", p.namespace, p.name, err)
+		}
 		p.net.Remove()
 		m.pool.put(p.ip)
 	}()
@@ -872,6 +918,7 @@ func (m *mesh) shutdown() {
 	wg.Wait()
 	for _, p := range pods {
 		p.stop()
+		m.tokens.forget(p)
 		p.net.Remove()
 	}
 	m.stopping.Wait()

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"strconv"
 	"sync"
@@ -210,9 +211,18 @@ func newUID() string {
 // podObject is the Pod the store holds for a running pod: what the
 // apiserver would show for it.
 func podObject(p *pod, ready bool) *config.Object {
+	labels := maps.Clone(p.labels)
+	if labels == nil {
+		labels = map[string]string{}
+	}
+	if p.mtls {
+		labels["security.istio.io/tlsMode"] = "istio"
+	} else {
+		labels["security.istio.io/tlsMode"] = "disabled"
+	}
 	meta := metav1.ObjectMeta{
 		Name: p.name, Namespace: p.namespace, UID: types.UID(p.uid),
-		Labels: p.labels, Annotations: p.annotations,
+		Labels: labels, Annotations: p.annotations,
 		CreationTimestamp: metav1.NewTime(p.created),
 	}
 	if p.owner != nil {

@@ -37,12 +37,17 @@ type pod struct {
 	key                  string // what it was made from: "Deployment/ns/name" or "Pod/ns/name"
 	gateway              bool
 	sidecar              bool
-	ip                   netip.Addr
-	created              time.Time
-	version              atomic.Uint64
+	// mtls: the pod's inbound traffic goes through its sidecar, so peers
+	// may speak mesh mTLS to it (a sidecar and netns capture). Published
+	// as Istio's injector does, with the security.istio.io/tlsMode label.
+	mtls    bool
+	ip      netip.Addr
+	created time.Time
+	version atomic.Uint64
 
 	net        podNetwork
 	hosts      []hostEntry                 // what the pod's hosts file holds (netns mode)
+	tokenPath  string                      // its proxy's CA token (identity.go)
 	init       func(context.Context) error // istio-init's job, before the sidecar
 	proxy      *proc
 	containers []*proc
@@ -81,19 +86,30 @@ func (p *pod) logDir(stateDir string) string {
 	return filepath.Join(stateDir, "logs", p.namespace, p.name)
 }
 
+// dir is the pod's private directory under base: its proxy's bootstrap,
+// CA token and root certificate.
+func (p *pod) dir(base string) string { return filepath.Join(base, p.namespace, p.name) }
+
 func (p *pod) adminAddr() string { return net.JoinHostPort(p.ip.String(), strconv.Itoa(adminPort)) }
 
 // podRuntime is what starting a pod needs from the supervisor.
 type podRuntime struct {
-	stateDir  string
-	bootDir   string // the sidecars' bootstraps, readable by the proxy's UID
-	dir       string // the manifests' directory: the containers' working dir
-	xdsAddr   string
-	loopback  bool
-	proxyPath string
-	exeDir    string
-	backoff   Backoff
-	grace     time.Duration
+	stateDir string
+	bootDir  string // the sidecars' bootstraps, readable by the proxy's UID
+	dir      string // the manifests' directory: the containers' working dir
+	xdsAddr  string
+	loopback bool
+	// Identity (identity.go): skiffd's CA address, the tokens file, the
+	// trust bundle skiffd writes, and whether skiff-proxy takes the agent's
+	// flags.
+	secureAddr string
+	tokens     *podTokens
+	rootCert   string
+	agent      bool
+	proxyPath  string
+	exeDir     string
+	backoff    Backoff
+	grace      time.Duration
 	// snapshot is the config in force, for ConfigMaps and Secrets.
 	snapshot func() *config.Snapshot
 	// progress tells the user about a container that exited.
@@ -163,19 +179,24 @@ func (rt *podRuntime) prepare(ctx context.Context, p *pod, path string) error {
 		if err != nil {
 			return err
 		}
-		bootPath := filepath.Join(rt.bootDir, p.namespace, p.name, "bootstrap.json")
+		bootPath := filepath.Join(p.dir(rt.bootDir), "bootstrap.json")
 		if err := os.MkdirAll(filepath.Dir(bootPath), 0o755); err != nil {
 			return err
 		}
 		if err := os.WriteFile(bootPath, boot, 0o644); err != nil {
 			return err
 		}
+		tokenPath, rootPath, err := rt.writePodCredentials(p, filepath.Dir(bootPath))
+		if err != nil {
+			return err
+		}
+		idArgs, idEnv := rt.identityArgs(tokenPath, rootPath)
 		pn, proxyPath := p.net, rt.proxyPath
 		if !rt.loopback {
 			initLog, capture := filepath.Join(logDir, "istio-init.log"), !p.gateway
 			p.init = func(ctx context.Context) error { return initNetwork(ctx, pn, proxyPath, initLog, capture) }
 		}
-		args := []string{"-c", bootPath, "--prometheus-addr", net.JoinHostPort(p.ip.String(), strconv.Itoa(prometheusPort))}
+		args := append([]string{"-c", bootPath, "--prometheus-addr", net.JoinHostPort(p.ip.String(), strconv.Itoa(prometheusPort))}, idArgs...)
 		p.proxy = &proc{
 			name: "skiff-proxy", logPath: filepath.Join(logDir, "skiff-proxy.log"),
 			policy: "Always", backoff: rt.backoff, grace: rt.grace,
@@ -185,9 +206,13 @@ func (rt *podRuntime) prepare(ctx context.Context, p *pod, path string) error {
 				// traffic is not redirected back to it.
 				uid := -1
 				if !rt.loopback {
-					uid = 1337
+					uid = proxyUID
 				}
-				return pn.Command(ctx, uid, proxyPath, args...)
+				cmd := pn.Command(ctx, uid, proxyPath, args...)
+				if len(idEnv) > 0 {
+					cmd.Env = append(os.Environ(), idEnv...)
+				}
+				return cmd
 			},
 		}
 	}

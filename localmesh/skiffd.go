@@ -154,8 +154,11 @@ type skiffdProc struct {
 
 func (m *mesh) newSkiffd(argv []string) *skiffdProc {
 	path := argv[0]
+	caDir := filepath.Join(m.o.StateDir, caStateDir)
 	args := append(append([]string(nil), argv[1:]...), "--config-dir", m.mirror.dir, "--xds-addr", m.xdsAddr,
-		"--monitoring-addr", m.monAddr, "--local-mesh", "--log-level", m.o.LogLevel)
+		"--monitoring-addr", m.monAddr, "--local-mesh", "--log-level", m.o.LogLevel,
+		"--secure-addr", m.secAddr, "--ca-dir", filepath.Join(caDir, caSelfSigned),
+		"--bootstrap-tokens", filepath.Join(caDir, caTokensFile), "--root-cert-out", filepath.Join(caDir, caRootCertFile))
 	s := &skiffdProc{early: make(chan string, 1)}
 	s.proc = &proc{
 		name: "skiffd", logPath: filepath.Join(m.o.StateDir, "logs", "skiffd.log"), policy: "Always",

@@ -27,6 +27,8 @@ type State struct {
 	Capture        string     `json:"capture"`
 	XDSAddr        string     `json:"xds_addr"`
 	MonitoringAddr string     `json:"monitoring_addr"`
+	SecureAddr     string     `json:"secure_addr"`    // skiffd's CA and xDS over TLS
+	RootCert       string     `json:"root_cert_file"` // the trust bundle skiffd writes
 	APIAddr        string     `json:"api_addr"`
 	GatewayURL     string     `json:"gateway_url"`
 	ProductPageURL string     `json:"product_page_url,omitempty"`
@@ -42,6 +44,8 @@ type PodState struct {
 	IP             string            `json:"ip"`
 	Labels         map[string]string `json:"labels,omitempty"`
 	ServiceAccount string            `json:"service_account"`
+	Identity       string            `json:"identity,omitempty"` // SPIFFE ID, for pods with a proxy
+	PodDir         string            `json:"pod_dir,omitempty"`  // bootstrap, CA token and root certificate of its proxy
 	Gateway        bool              `json:"gateway,omitempty"`
 	AdminAddr      string            `json:"admin_addr,omitempty"`
 	ProxyPID       int               `json:"proxy_pid,omitempty"`
@@ -96,7 +100,7 @@ func lockState(dir string) (unlock func(), err error) {
 // writeState replaces mesh.json atomically.
 func (m *mesh) writeState(ready bool) error {
 	st := State{PID: os.Getpid(), SkiffdLog: m.skiffd.logPath, Dir: m.o.Dir, Capture: m.capture, XDSAddr: m.xdsAddr,
-		MonitoringAddr: m.monAddr, APIAddr: m.apiAddr, GatewayURL: m.gatewayURL,
+		MonitoringAddr: m.monAddr, SecureAddr: m.secAddr, RootCert: m.rt.rootCert, APIAddr: m.apiAddr, GatewayURL: m.gatewayURL,
 		Ready: ready, Started: m.started}
 	st.SkiffdPID, _, _, _, _ = m.skiffd.snapshot()
 	if path := productPagePath(m.store.Snapshot()); path != "" {
@@ -108,6 +112,7 @@ func (m *mesh) writeState(ready bool) error {
 		if p.proxy != nil {
 			ps.AdminAddr, ps.ProxyLog = p.adminAddr(), p.proxy.logPath
 			ps.ProxyPID, _, _, _, _ = p.proxy.snapshot()
+			ps.Identity, ps.PodDir = spiffeID(p.namespace, p.serviceAccount), p.dir(m.rt.bootDir)
 		}
 		for _, c := range p.containers {
 			pid, _, _, _, _ := c.snapshot()

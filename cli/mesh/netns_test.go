@@ -165,6 +165,26 @@ func testNetnsMesh(t *testing.T, dir, state, gatewayURL string) {
 		}
 		return want.MatchString(body), body
 	})
+	// Each proxy, running as UID 1337, alone can read its CA token, and
+	// skiffd's CA on the bridge accepts it for exactly the pod's identity.
+	for _, p := range st.Pods {
+		tokenPath := filepath.Join(p.PodDir, "istio-token")
+		fi, err := os.Stat(tokenPath)
+		if err != nil {
+			t.Errorf("pod %s: %v", p.Name, err)
+			continue
+		}
+		if sys, ok := fi.Sys().(*syscall.Stat_t); !ok || sys.Uid != 1337 || fi.Mode().Perm() != 0o600 {
+			t.Errorf("pod %s token %s: mode %v owner %v; want 0600 owned by the proxy's UID 1337", p.Name, tokenPath, fi.Mode().Perm(), fi.Sys())
+		}
+		tok, _ := os.ReadFile(tokenPath)
+		chain, err := askCA(t, st, tok, filepath.Join(p.PodDir, "root-cert.pem"), p.Identity)
+		if err != nil {
+			t.Errorf("pod %s: CreateCertificate for %s over %s: %v", p.Name, p.Identity, st.SecureAddr, err)
+		} else if got := leafURI(t, chain); got != p.Identity {
+			t.Errorf("pod %s: certificate for %s, want %s", p.Name, got, p.Identity)
+		}
+	}
 }
 
 // checkNothingLeft asserts that no process of the mesh, no network

@@ -21,10 +21,7 @@ const SkiffdVerb = "__skiffd"
 func Skiffd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlags(SkiffdVerb, "skiff "+SkiffdVerb+" --config-dir DIR [flags] (run by skiff up)", stderr)
 	var o server.Options
-	fs.StringVar(&o.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML to serve; watched for changes")
-	fs.StringVar(&o.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address")
-	fs.StringVar(&o.MonitoringAddr, "monitoring-addr", ":15014", "debug endpoints and Prometheus metrics address")
-	fs.BoolVar(&o.LocalMesh, "local-mesh", false, "every workload has a sidecar unless it opts out")
+	o.RegisterFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -32,7 +29,7 @@ func Skiffd(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	var lv slog.Level
 	if len(pos) > 0 || lv.UnmarshalText([]byte(*level)) != nil {
-		fmt.Fprintf(stderr, "skiff %s: takes --config-dir, --xds-addr, --monitoring-addr, --local-mesh and --log-level debug|info|warn|error\n", SkiffdVerb)
+		fmt.Fprintf(stderr, "skiff %s: takes skiffd's flags (see skiff %s -h) and --log-level debug|info|warn|error; no arguments\n", SkiffdVerb, SkiffdVerb)
 		return 2
 	}
 	o.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: lv}))

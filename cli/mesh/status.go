@@ -40,13 +40,17 @@ func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 0
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 3, ' ', 0)
-	fmt.Fprintln(tw, "NAMESPACE\tPOD\tREADY\tSTATUS\tRESTARTS\tIP\tPROXY\tADMIN\tAGE")
+	fmt.Fprintln(tw, "NAMESPACE\tPOD\tREADY\tSTATUS\tRESTARTS\tIP\tPROXY\tADMIN\tIDENTITY\tAGE")
 	for _, p := range rep.Pods {
 		admin := p.Admin
 		if admin == "" {
 			admin = "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Ready, p.Status, p.Restarts, p.IP, p.Proxy, admin, age(p.Age))
+		identity := p.Identity
+		if identity == "" {
+			identity = "-"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", p.Namespace, p.Name, p.Ready, p.Status, p.Restarts, p.IP, p.Proxy, admin, identity, age(p.Age))
 	}
 	tw.Flush()
 	fmt.Fprintln(stdout)
@@ -58,6 +62,9 @@ func Status(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stdout, "gateway:      %s port %d at %s\n", g.Gateway, g.Port, g.URL)
 	}
 	fmt.Fprintf(stdout, "skiffd:       http://%s/debug/syncz\n", rep.MonitoringAddr)
+	if rep.SecureAddr != "" {
+		fmt.Fprintln(stdout, "CA:          ", rep.SecureAddr, "(Istio's 15012: certificates and xDS over TLS)")
+	}
 	fmt.Fprintln(stdout, "capture:     ", rep.Capture)
 	for _, p := range rep.Problems {
 		fmt.Fprintln(stdout, "problem:", p)

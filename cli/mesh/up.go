@@ -19,6 +19,7 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	fs := newFlags("up", "skiff up DIR [flags]", stderr)
 	stateDir := stateDirFlag(fs)
 	xdsAddr := fs.String("xds-addr", "", "skiffd's plaintext xDS address (default 127.0.0.1:15010; 198.18.0.1:15010, the pods' bridge, with netns capture)")
+	secureAddr := fs.String("secure-addr", "", "skiffd's CA and xDS over TLS (default: --xds-addr's host, port 15012, or a free port when --xds-addr's port is 0)")
 	monAddr := fs.String("monitoring-addr", "127.0.0.1:15014", "skiffd's debug and metrics address")
 	apiAddr := fs.String("api-addr", "127.0.0.1:0", "the control API skiff apply|delete|status|down use (recorded in mesh.json)")
 	gwPort := fs.Int("gateway-port", 8080, "loopback port forwarded to the ingress gateway; 0 picks a free one")
@@ -65,7 +66,7 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	ctx, stop := signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	err = localmesh.Run(ctx, localmesh.Options{
-		Dir: pos[0], StateDir: *stateDir, XDSAddr: *xdsAddr, MonitoringAddr: *monAddr, APIAddr: *apiAddr,
+		Dir: pos[0], StateDir: *stateDir, XDSAddr: *xdsAddr, SecureAddr: *secureAddr, MonitoringAddr: *monAddr, APIAddr: *apiAddr,
 		GatewayPort: *gwPort, Capture: *capture, Progress: stdout, LogLevel: *logLevel,
 		BuiltinSkiffd: builtin,
 		Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: level})),

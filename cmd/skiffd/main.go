@@ -25,13 +25,7 @@ func main() {
 func run(args []string) int {
 	fs := flag.NewFlagSet("skiffd", flag.ContinueOnError)
 	var o server.Options
-	fs.StringVar(&o.ConfigDir, "config-dir", "", "directory of Kubernetes-style YAML (Istio and Gateway API kinds, Services, Pods, …) to serve; watched for changes")
-	fs.StringVar(&o.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address")
-	fs.StringVar(&o.MonitoringAddr, "monitoring-addr", ":15014", "debug endpoints and Prometheus metrics address")
-	fs.StringVar(&o.DomainSuffix, "domain", "cluster.local", "DNS domain suffix of services")
-	fs.StringVar(&o.RootNamespace, "root-namespace", "istio-system", "namespace whose config applies mesh-wide")
-	fs.StringVar(&o.TrustDomain, "trust-domain", "cluster.local", "SPIFFE trust domain")
-	fs.BoolVar(&o.LocalMesh, "local-mesh", false, "every workload has a sidecar unless it opts out (the local mesh); otherwise the injector's marks decide")
+	o.RegisterFlags(fs)
 	level := fs.String("log-level", "info", "debug, info, warn or error")
 	gcPercent := fs.Int("gc-percent", 50, "Go GC target percentage (GOGC): skiffd's heap is mostly long-lived config and shared encodings, so a tighter target saves resident memory for little CPU; GOGC in the environment wins")
 	version := fs.Bool("version", false, "print the version and exit")

@@ -21,7 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/keepalive"
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 
+	"github.com/skiff-mesh/skiff/controlplane/ca"
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/file"
 	"github.com/skiff-mesh/skiff/controlplane/config/validation"
@@ -39,8 +41,37 @@ type Options struct {
 	XDSAddr        string // plaintext ADS, Istio's :15010
 	MonitoringAddr string // debug and metrics, Istio's :15014
 	DomainSuffix   string // "cluster.local"
-	RootNamespace  string // "istio-system"
-	TrustDomain    string // "cluster.local"
+	// RootNamespace and TrustDomain: "" takes the mesh config's (Istio's
+	// defaults istio-system and cluster.local); a value that contradicts
+	// the mesh config is an error.
+	RootNamespace string
+	TrustDomain   string
+	// MeshConfigFile is Istio's MeshConfig YAML (--meshconfig); MeshConfig,
+	// when set, is used instead. Either way the server's MeshConfig() is the
+	// result over Istio's defaults.
+	MeshConfigFile string
+	MeshConfig     *meshv1alpha1.MeshConfig
+
+	// SecureAddr serves the CA and ADS over TLS, Istio's :15012; "" serves
+	// neither (the plaintext XDSAddr still serves ADS).
+	SecureAddr string
+	// CADir keeps the self-signed root (DefaultCADir when empty).
+	CADir string
+	// CACertsDir is Istio's plugged-in cacerts layout (ca-cert.pem,
+	// ca-key.pem, root-cert.pem, cert-chain.pem); when its files exist it
+	// wins over CADir, and replacing them rotates the CA.
+	CACertsDir string
+	// WorkloadCertTTL and MaxWorkloadCertTTL: Istio's 24h and 90 days when zero.
+	WorkloadCertTTL    time.Duration
+	MaxWorkloadCertTTL time.Duration
+	// BootstrapTokensFile lists the hashes of the local mesh's per-pod
+	// tokens (ca.TokensFile), watched.
+	BootstrapTokensFile string
+	// RootCertOut, when set, receives the trust bundle PEM, rewritten when
+	// the roots change.
+	RootCertOut string
+	// RootKey of a self-signed root made now (RSA 2048, istiod's, when empty).
+	RootKey ca.KeyAlgorithm
 	// LocalMesh: every workload runs with a sidecar unless it opts out
 	// (Kubernetes mode reads the injector's marks instead).
 	LocalMesh bool
@@ -60,15 +91,47 @@ func (o *Options) defaults() {
 	if o.DomainSuffix == "" {
 		o.DomainSuffix = "cluster.local"
 	}
-	if o.RootNamespace == "" {
-		o.RootNamespace = "istio-system"
-	}
-	if o.TrustDomain == "" {
-		o.TrustDomain = "cluster.local"
-	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
+}
+
+// resolveMesh loads the mesh config and settles the trust domain and root
+// namespace: the flags' when given, else the mesh config's.
+func (o *Options) resolveMesh() error {
+	mc := o.MeshConfig
+	if mc == nil && o.MeshConfigFile != "" {
+		var err error
+		if mc, err = LoadMeshConfig(o.MeshConfigFile); err != nil {
+			return err
+		}
+	}
+	if mc == nil {
+		mc = DefaultMeshConfig()
+	}
+	where := "--meshconfig " + o.MeshConfigFile
+	if o.MeshConfigFile == "" {
+		where = "the mesh config"
+	}
+	explicit := o.MeshConfig != nil || o.MeshConfigFile != ""
+	for _, f := range []struct {
+		flag, field string
+		opt, mesh   *string
+	}{
+		{"--trust-domain", "trustDomain", &o.TrustDomain, &mc.TrustDomain},
+		{"--root-namespace", "rootNamespace", &o.RootNamespace, &mc.RootNamespace},
+	} {
+		switch {
+		case *f.opt == "":
+			*f.opt = *f.mesh
+		case explicit && *f.mesh != *f.opt:
+			return fmt.Errorf("%s %q contradicts %s, whose %s is %q: drop the flag or change the file so they agree", f.flag, *f.opt, where, f.field, *f.mesh)
+		default:
+			*f.mesh = *f.opt
+		}
+	}
+	o.MeshConfig = mc
+	return nil
 }
 
 // Server is a running skiffd.
@@ -80,6 +143,7 @@ type Server struct {
 	xds   *xds.Server
 
 	xdsLn, monLn net.Listener
+	sec          *secure // nil without SecureAddr
 
 	mu       sync.Mutex
 	lastReg  *model.Registry
@@ -95,7 +159,16 @@ func New(o Options) (*Server, error) {
 	if o.ConfigDir == "" {
 		return nil, errors.New("no configuration directory: run skiffd --config-dir DIR (a directory of Kubernetes-style YAML)")
 	}
-	s := &Server{o: o, log: o.Logger, gen: gen.New(), rebuilds: make(chan config.Change, 1)}
+	if err := o.resolveMesh(); err != nil {
+		return nil, err
+	}
+	s := &Server{o: o, log: o.Logger, gen: gen.New(gen.Options{
+		// Mesh mTLS needs workload certificates, which skiffd issues only
+		// with its CA on; enableAutoMtls in the mesh config turns it off.
+		DisableAutoMTLS: o.SecureAddr == "" || (o.MeshConfig.GetEnableAutoMtls() != nil && !o.MeshConfig.GetEnableAutoMtls().GetValue()),
+		InboundPolicy:   inboundPolicy(o.MeshConfig, o.Logger),
+		Logger:          o.Logger,
+	}), rebuilds: make(chan config.Change, 1)}
 	s.store = config.NewStore(validation.Validate, o.Logger)
 	s.store.SetReferenceChecker(func(objs []*config.Object) []config.ObjectError {
 		var out []config.ObjectError
@@ -113,8 +186,38 @@ func New(o Options) (*Server, error) {
 		s.xdsLn.Close()
 		return nil, fmt.Errorf("--monitoring-addr %s: %w", o.MonitoringAddr, err)
 	}
+	if o.SecureAddr != "" {
+		if s.sec, err = newSecure(&s.o); err != nil {
+			s.xdsLn.Close()
+			s.monLn.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
+
+// SecureAddr is the bound CA and TLS xDS address; nil when not served.
+func (s *Server) SecureAddr() net.Addr {
+	if s.sec == nil {
+		return nil
+	}
+	return s.sec.ln.Addr()
+}
+
+// CA is the certificate authority behind SecureAddr; nil when not served.
+func (s *Server) CA() *ca.CA {
+	if s.sec == nil {
+		return nil
+	}
+	return s.sec.ca
+}
+
+// MeshConfig is the mesh configuration in force (Istio's defaults under
+// --meshconfig). Callers must not modify it.
+func (s *Server) MeshConfig() *meshv1alpha1.MeshConfig { return s.o.MeshConfig }
+
+// TrustDomain is the settled trust domain.
+func (s *Server) TrustDomain() string { return s.o.TrustDomain }
 
 // XDSAddr and MonitoringAddr are the bound addresses (port 0 resolved).
 func (s *Server) XDSAddr() net.Addr        { return s.xdsLn.Addr() }
@@ -127,6 +230,9 @@ func (s *Server) Store() *config.Store { return s.store }
 func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if s.sec != nil {
+		defer s.sec.close()
+	}
 	src := file.New(s.o.ConfigDir, file.Options{Log: s.log, Transform: s.o.Transform})
 	errc := make(chan error, 4)
 	go func() {
@@ -169,10 +275,16 @@ func (s *Server) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("xDS server: %w", err)
 		}
 	}()
+	gatherers := prometheus.Gatherers{s.xds.Registry(), prometheus.DefaultGatherer}
+	var sg *grpc.Server
+	if s.sec != nil {
+		sg = s.sec.run(ctx, &s.o, s.xds, errc)
+		gatherers = append(gatherers, s.sec.reg)
+	}
 	mux := http.NewServeMux()
 	mux.Handle("/", debug.Handler(debug.Options{
 		XDS: s.xds, Configz: s.configz, Ready: s.readyErr,
-		Metrics: prometheus.Gatherers{s.xds.Registry(), prometheus.DefaultGatherer},
+		Metrics: gatherers,
 	}))
 	// Go's profiler, for the scale work (istiod serves it on 15014 too).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
@@ -185,14 +297,21 @@ func (s *Server) Run(ctx context.Context) error {
 			errc <- fmt.Errorf("monitoring server: %w", err)
 		}
 	}()
-	s.log.Info("skiffd serving", "xds", s.xdsLn.Addr().String(), "monitoring", s.monLn.Addr().String(),
-		"config_dir", s.o.ConfigDir, "objects", len(s.store.Snapshot().All()))
+	secureAddr := "off"
+	if s.sec != nil {
+		secureAddr = s.sec.ln.Addr().String()
+	}
+	s.log.Info("skiffd serving", "xds", s.xdsLn.Addr().String(), "secure", secureAddr, "monitoring", s.monLn.Addr().String(),
+		"config_dir", s.o.ConfigDir, "objects", len(s.store.Snapshot().All()), "trust_domain", s.o.TrustDomain)
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
 	g.Stop()
+	if sg != nil {
+		sg.Stop()
+	}
 	shutdown, cancelShutdown := context.WithTimeout(context.Background(), time.Second)
 	defer cancelShutdown()
 	mon.Shutdown(shutdown)

@@ -34,9 +34,9 @@ type networkFilter struct {
 	// shadowPolicyKey and shadowResultKey name the connection metadata
 	// the shadow engine writes under NetworkFilterName, as Envoy does.
 	shadowPolicyKey, shadowResultKey string
-	rules, sh      counters
-	delayDeny      time.Duration
-	log            *slog.Logger
+	rules, sh                        counters
+	delayDeny                        time.Duration
+	log                              *slog.Logger
 }
 
 func newNetworkFilter(nc listener.NetworkFilterConfig) (listener.NetworkFilter, error) {
