@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"time"
@@ -208,7 +209,10 @@ func startSkiffd(ctx context.Context, o *Options) (stop func(), err error) {
 	if err != nil {
 		return nil, err
 	}
-	cmd := exec.Command(o.Skiffd, "--config-dir", o.Dir, "--xds-addr", xds, "--monitoring-addr", mon)
+	// The CA runs as in production (so clusters carry auto mTLS, as
+	// Istio's do), on a free port, its root kept beside the mesh.
+	cmd := exec.Command(o.Skiffd, "--config-dir", o.Dir, "--xds-addr", xds, "--monitoring-addr", mon,
+		"--secure-addr", "127.0.0.1:0", "--ca-dir", filepath.Join(o.Dir, ".skiffd-ca"))
 	if o.SkiffdLog != "" {
 		f, err := os.Create(o.SkiffdLog)
 		if err != nil {
