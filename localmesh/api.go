@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -64,6 +65,11 @@ type PodStatus struct {
 	// "" without a proxy.
 	Identity string        `json:"identity,omitempty"`
 	Age      time.Duration `json:"age"`
+	// NetNS is the pod's network namespace (netns capture), where
+	// `skiff exec` runs commands; HTTPProxy is the proxy its applications
+	// are given in loopback mode.
+	NetNS     string `json:"netns,omitempty"`
+	HTTPProxy string `json:"http_proxy,omitempty"`
 }
 
 func (m *mesh) apiHandler() http.Handler {
@@ -250,6 +256,12 @@ func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
 			ps.Admin = p.adminAddr()
 			ps.Proxy = syncOf(sync, p.name+"."+p.namespace)
 			ps.Identity = spiffeID(p.namespace, p.serviceAccount)
+			if m.capture == CaptureLoopback && p.sidecar {
+				ps.HTTPProxy = "http://" + net.JoinHostPort(p.ip.String(), strconv.Itoa(httpProxyPort))
+			}
+		}
+		if ns, ok := p.net.(interface{ NetNS() string }); ok {
+			ps.NetNS = ns.NetNS()
 		}
 		running := 0
 		for _, c := range procs {

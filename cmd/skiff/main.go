@@ -25,6 +25,8 @@ The local mesh (no Kubernetes needed):
   apply -f FILE|DIR    apply Istio, Gateway API or Kubernetes objects to the running mesh
   delete -f FILE|DIR   delete them
   status               workloads, their proxies and sync state
+  exec [-n NS] POD|deploy/NAME -- CMD ARGS
+                       run a command as the pod's containers run (through its sidecar)
   down                 stop the running mesh
 
 Inspecting proxies:
@@ -60,6 +62,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return mesh.Status(ctx, rest, stdout, stderr)
 	case "down":
 		return mesh.Down(ctx, rest, stdout, stderr)
+	case "exec":
+		return mesh.Exec(ctx, rest, os.Stdin, stdout, stderr)
 	case mesh.SkiffdVerb: // hidden: the skiffd skiff up runs when no skiffd binary is at hand
 		return mesh.Skiffd(ctx, rest, stdout, stderr)
 	case "proxy-status", "ps", "proxy-config", "pc":
