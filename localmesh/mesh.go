@@ -55,6 +55,7 @@ type Options struct {
 	ProxyPath      string // skiff-proxy; "" looks next to the executable, then in PATH
 	SkiffdPath     string // skiffd, looked up as ProxyPath
 	LogLevel       string // skiffd's --log-level (default info)
+	MeshConfig     string // skiffd's --meshconfig: Istio MeshConfig YAML ("" for Istio's defaults)
 	Backoff        Backoff
 	// BuiltinSkiffd is the command line of a skiffd built into the
 	// running program (skiff __skiffd), used when no skiffd binary is

@@ -159,6 +159,9 @@ func (m *mesh) newSkiffd(argv []string) *skiffdProc {
 		"--monitoring-addr", m.monAddr, "--local-mesh", "--log-level", m.o.LogLevel,
 		"--secure-addr", m.secAddr, "--ca-dir", filepath.Join(caDir, caSelfSigned),
 		"--bootstrap-tokens", filepath.Join(caDir, caTokensFile), "--root-cert-out", filepath.Join(caDir, caRootCertFile))
+	if m.o.MeshConfig != "" {
+		args = append(args, "--meshconfig", m.o.MeshConfig)
+	}
 	s := &skiffdProc{early: make(chan string, 1)}
 	s.proc = &proc{
 		name: "skiffd", logPath: filepath.Join(m.o.StateDir, "logs", "skiffd.log"), policy: "Always",

@@ -24,6 +24,7 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	apiAddr := fs.String("api-addr", "127.0.0.1:0", "the control API skiff apply|delete|status|down use (recorded in mesh.json)")
 	gwPort := fs.Int("gateway-port", 8080, "loopback port forwarded to the ingress gateway; 0 picks a free one")
 	capture := fs.String("capture", localmesh.CaptureAuto, "traffic capture: auto (netns as root on Linux, else loopback), loopback or netns")
+	meshConfig := fs.String("meshconfig", "", "Istio MeshConfig YAML for skiffd (trustDomain, extensionProviders for CUSTOM authorization, …); default Istio's defaults")
 	logLevel := fs.String("log-level", "info", "skiffd's log level (debug, info, warn, error), written to STATE_DIR/logs/skiffd.log")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -38,6 +39,17 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	default:
 		fmt.Fprintf(stderr, "skiff up: --capture %q: want auto, loopback or netns\n", *capture)
 		return 2
+	}
+	if *meshConfig != "" {
+		abs, err := filepath.Abs(*meshConfig)
+		if err == nil {
+			_, err = os.Stat(abs)
+		}
+		if err != nil {
+			fmt.Fprintf(stderr, "skiff up: --meshconfig: %v\n", err)
+			return 2
+		}
+		*meshConfig = abs
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(*logLevel)); err != nil {
@@ -67,7 +79,7 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer stop()
 	err = localmesh.Run(ctx, localmesh.Options{
 		Dir: pos[0], StateDir: *stateDir, XDSAddr: *xdsAddr, SecureAddr: *secureAddr, MonitoringAddr: *monAddr, APIAddr: *apiAddr,
-		GatewayPort: *gwPort, Capture: *capture, Progress: stdout, LogLevel: *logLevel,
+		GatewayPort: *gwPort, Capture: *capture, Progress: stdout, LogLevel: *logLevel, MeshConfig: *meshConfig,
 		BuiltinSkiffd: builtin,
 		Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: level})),
 	})
