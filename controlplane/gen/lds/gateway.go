@@ -7,6 +7,7 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/proto"
@@ -24,7 +25,7 @@ import (
 // distinct server port of the Gateways selecting it, with a filter chain
 // per server (plain HTTP servers on a port share one, as they share the
 // "http.PORT" route configuration).
-func gatewayListeners(p *xds.Proxy, ix *index.Index) []*listenerv3.Listener {
+func gatewayListeners(p *xds.Proxy, ix *index.Index, policy policyFilters) []*listenerv3.Listener {
 	byPort := map[int][]rds.Server{}
 	var ports []int
 	for _, s := range rds.ServersFor(p, ix) {
@@ -36,14 +37,14 @@ func gatewayListeners(p *xds.Proxy, ix *index.Index) []*listenerv3.Listener {
 	slices.Sort(ports)
 	var out []*listenerv3.Listener
 	for _, port := range ports {
-		if l := gatewayListener(p, ix, port, byPort[port]); l != nil {
+		if l := gatewayListener(p, ix, port, byPort[port], policy); l != nil {
 			out = append(out, l)
 		}
 	}
 	return out
 }
 
-func gatewayListener(p *xds.Proxy, ix *index.Index, port int, servers []rds.Server) *listenerv3.Listener {
+func gatewayListener(p *xds.Proxy, ix *index.Index, port int, servers []rds.Server, policy policyFilters) *listenerv3.Listener {
 	ip := p.BindAddress()
 	name := ip + "_" + strconv.Itoa(port)
 	l := &listenerv3.Listener{
@@ -63,22 +64,24 @@ func gatewayListener(p *xds.Proxy, ix *index.Index, port int, servers []rds.Serv
 	for _, s := range servers {
 		switch {
 		case s.Protocol().IsHTTP():
-			add(&listenerv3.FilterChain{Filters: []*listenerv3.Filter{gatewayHCM(name, s.RouteName())}})
+			add(&listenerv3.FilterChain{Filters: []*listenerv3.Filter{gatewayHCM(name, s.RouteName(), policy.http)}})
 		case s.TerminatesHTTP():
 			tls = true
 			add(&listenerv3.FilterChain{
 				FilterChainMatch: &listenerv3.FilterChainMatch{ServerNames: serverNames(s)},
 				TransportSocket:  downstreamTLS(s.Spec.GetTls()),
-				Filters:          []*listenerv3.Filter{gatewayHCM(name, s.RouteName())},
+				Filters:          []*listenerv3.Filter{gatewayHCM(name, s.RouteName(), policy.http)},
 			})
 		case s.Protocol() == model.TLS || (s.Spec.GetTls() != nil && s.Spec.GetTls().GetMode() == networking.ServerTLSSettings_PASSTHROUGH):
 			// TLS passed through, routed by SNI with tls routes.
 			tls = true
 			for _, fc := range gatewayL4Chains(p, ix, s, true) {
+				fc.Filters = append(slices.Clone(policy.network), fc.Filters...)
 				add(fc)
 			}
 		case s.Protocol().IsTCP():
 			for _, fc := range gatewayL4Chains(p, ix, s, false) {
+				fc.Filters = append(slices.Clone(policy.network), fc.Filters...)
 				add(fc)
 			}
 		}
@@ -94,10 +97,10 @@ func gatewayListener(p *xds.Proxy, ix *index.Index, port int, servers []rds.Serv
 	return l
 }
 
-func gatewayHCM(listenerName, routeName string) *listenerv3.Filter {
+func gatewayHCM(listenerName, routeName string, policy []*hcmv3.HttpFilter) *listenerv3.Filter {
 	return httpConnectionManager(hcmOptions{
 		statPrefix: "outbound_" + listenerName, rds: routeName,
-		useRemoteAddress: true, normalizePath: true,
+		useRemoteAddress: true, normalizePath: true, policy: policy,
 	})
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"maps"
 	"slices"
 	"strconv"
@@ -89,6 +90,31 @@ type policyFilters struct {
 	network []*listenerv3.Filter
 }
 
+// policyFilters asks the InboundPolicy (if any) for port's filters.
+func (g *Generator) policyFilters(p *xds.Proxy, ix *index.Index, port int) policyFilters {
+	if g.o.InboundPolicy == nil {
+		return policyFilters{}
+	}
+	http, network := g.o.InboundPolicy.InboundFilters(p, ix, port)
+	return policyFilters{http: http, network: network}
+}
+
+// hash writes the filters' deterministic encoding: listeners built from
+// them are cached under it.
+func (pf policyFilters) hash(h io.Writer) {
+	for _, f := range pf.http {
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(f)
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+	h.Write([]byte{1})
+	for _, f := range pf.network {
+		b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(f)
+		h.Write(b)
+		h.Write([]byte{0})
+	}
+}
+
 func (g *Generator) inbound(p *xds.Proxy, ix *index.Index) *inboundContext {
 	ic := &inboundContext{scopeKey: ix.SidecarScope(p).Key(), ports: inboundPorts(p, ix)}
 	if g.o.DisableInboundMTLS {
@@ -105,20 +131,10 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index) *inboundContext {
 		ic.policy = map[int]policyFilters{}
 		h := sha256.New()
 		add := func(port int) {
-			http, network := g.o.InboundPolicy.InboundFilters(p, ix, port)
-			ic.policy[port] = policyFilters{http: http, network: network}
+			pf := g.policyFilters(p, ix, port)
+			ic.policy[port] = pf
 			fmt.Fprintf(h, "|%d:", port)
-			for _, f := range http {
-				b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(f)
-				h.Write(b)
-				h.Write([]byte{0})
-			}
-			h.Write([]byte{1})
-			for _, f := range network {
-				b, _ := proto.MarshalOptions{Deterministic: true}.Marshal(f)
-				h.Write(b)
-				h.Write([]byte{0})
-			}
+			pf.hash(h)
 		}
 		add(0)
 		for _, ip := range ic.ports {

@@ -22,6 +22,8 @@
 package lds
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"slices"
 	"strconv"
 	"strings"
@@ -104,12 +106,22 @@ func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource { return defaultGene
 // messages are shared with other proxies and must not be modified.
 func (g *Generator) Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 	if p.Type == xds.RouterProxy || p.Proxyless || !p.Captured() {
-		return slices.Clone(cachedListeners(ix, g.prefix+cacheKey(p, ix), func() []*listenerv3.Listener {
+		key := g.prefix + cacheKey(p, ix)
+		var policy policyFilters
+		if p.Type == xds.RouterProxy && !p.Proxyless {
+			// A gateway enforces the policies that select its workload
+			// (Istio's ingress JWT and authorization tasks).
+			policy = g.policyFilters(p, ix, 0)
+			h := sha256.New()
+			policy.hash(h)
+			key += "|policy:" + hex.EncodeToString(h.Sum(nil))
+		}
+		return slices.Clone(cachedListeners(ix, key, func() []*listenerv3.Listener {
 			switch {
 			case p.Proxyless:
 				return proxylessListeners(p, ix)
 			case p.Type == xds.RouterProxy:
-				return gatewayListeners(p, ix)
+				return gatewayListeners(p, ix, policy)
 			}
 			// Nothing is redirected to this proxy: no capture listeners;
 			// applications reach it as an explicit HTTP proxy, and

@@ -222,3 +222,36 @@ func TestGatewayCredentials(t *testing.T) {
 		t.Errorf("MUTUAL credentialNames: %v", multi)
 	}
 }
+
+// TestGatewayPolicyHook: a gateway enforces the policies that select it
+// (Istio's ingress JWT and authorization tasks): the InboundPolicy's HTTP
+// filters go before the router of its HTTP listeners, and a gateway whose
+// policy changes does not keep a cached listener without it.
+func TestGatewayPolicyHook(t *testing.T) {
+	ix := bookinfoIndex(t, indextest.Sample(t, "bookinfo/networking/bookinfo-gateway.yaml"))
+	var withPolicy bool
+	g := New(Options{InboundPolicy: InboundPolicyFunc(func(p *xds.Proxy, _ *index.Index, port int) ([]*hcmv3.HttpFilter, []*listenerv3.Filter) {
+		if !withPolicy || p.Type != xds.RouterProxy || port != 0 {
+			return nil, nil
+		}
+		return []*hcmv3.HttpFilter{{Name: "gateway.policy", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: mustAny(&emptypb.Empty{})}}}, nil
+	})})
+	firstFilter := func() string {
+		ls := indextest.Unpack[*listenerv3.Listener](t, g.Generate(ingress, ix))
+		if len(ls) == 0 {
+			t.Fatal("the ingress gateway got no listener")
+		}
+		var h hcmv3.HttpConnectionManager
+		if err := ls[0].GetFilterChains()[0].GetFilters()[0].GetTypedConfig().UnmarshalTo(&h); err != nil {
+			t.Fatal(err)
+		}
+		return h.GetHttpFilters()[0].GetName()
+	}
+	if got := firstFilter(); got == "gateway.policy" {
+		t.Fatalf("without a policy the gateway's first HTTP filter is %q", got)
+	}
+	withPolicy = true
+	if got := firstFilter(); got != "gateway.policy" {
+		t.Errorf("with a policy the gateway's first HTTP filter is %q, want gateway.policy", got)
+	}
+}

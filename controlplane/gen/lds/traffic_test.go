@@ -2,13 +2,14 @@ package lds
 
 import (
 	"fmt"
-	"github.com/skiff-mesh/skiff/internal/testing/proxytest"
 	"io"
 	"net"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/proxytest"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
