@@ -101,6 +101,7 @@ func gatewayHCM(listenerName, routeName string, policy []*hcmv3.HttpFilter) *lis
 	return httpConnectionManager(hcmOptions{
 		statPrefix: "outbound_" + listenerName, rds: routeName,
 		useRemoteAddress: true, normalizePath: true, policy: policy,
+		xfcc: hcmv3.HttpConnectionManager_SANITIZE_SET,
 	})
 }
 

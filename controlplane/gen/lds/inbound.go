@@ -276,6 +276,7 @@ func (ic *inboundContext) passthroughChains(port uint32, mode index.MTLSMode) []
 				routeConfig:   inboundRoute(cluster, "inbound|http|0", ""),
 				normalizePath: true,
 				policy:        pf.http,
+				xfcc:          hcmv3.HttpConnectionManager_APPEND_FORWARD,
 			})}
 		} else {
 			fc.Name = "virtualInbound"
@@ -306,6 +307,7 @@ func (ic *inboundContext) portChains(ip inboundPort) []*listenerv3.FilterChain {
 				routeConfig:   inboundRoute(cluster, "inbound|http|"+strconv.Itoa(ip.port), ip.host),
 				normalizePath: true,
 				policy:        pf.http,
+				xfcc:          hcmv3.HttpConnectionManager_APPEND_FORWARD,
 			})}
 		} else {
 			fc.Filters = append(slices.Clone(pf.network), tcpProxy(cluster))

@@ -269,6 +269,10 @@ type hcmOptions struct {
 	useRemoteAddress bool                        // gateways: the client is the peer
 	normalizePath    bool                        // inbound and gateways
 	policy           []*hcmv3.HttpFilter         // inbound: before the others
+	// xfcc is how X-Forwarded-Client-Cert is handled: Istio's inbound
+	// sidecars APPEND_FORWARD, its gateways SANITIZE_SET, each adding the
+	// peer certificate's subject, URI and DNS SANs.
+	xfcc hcmv3.HttpConnectionManager_ForwardClientCertDetails
 }
 
 // httpConnectionManager builds the HCM filter as Istio configures it for
@@ -283,6 +287,12 @@ func httpConnectionManager(o hcmOptions) *listenerv3.Filter {
 	}
 	if o.normalizePath {
 		h.NormalizePath = wrapperspb.Bool(true)
+	}
+	if o.xfcc != hcmv3.HttpConnectionManager_SANITIZE {
+		h.ForwardClientCertDetails = o.xfcc
+		h.SetCurrentClientCertDetails = &hcmv3.HttpConnectionManager_SetCurrentClientCertDetails{
+			Subject: wrapperspb.Bool(true), Dns: true, Uri: true,
+		}
 	}
 	if o.routeConfig != nil {
 		h.RouteSpecifier = &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: o.routeConfig}
