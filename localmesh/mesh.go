@@ -667,6 +667,7 @@ func (m *mesh) reconcile(ctx context.Context) {
 		m.stopPod(p)
 	}
 	m.refreshHosts()
+	m.refreshServiceRules()
 }
 
 // refreshHosts rewrites the hosts files of pods whose view of the

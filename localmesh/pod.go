@@ -45,15 +45,18 @@ type pod struct {
 	created time.Time
 	version atomic.Uint64
 
-	net        podNetwork
-	hosts      []hostEntry                 // what the pod's hosts file holds (netns mode)
-	tokenPath  string                      // its proxy's CA token (identity.go)
-	init       func(context.Context) error // istio-init's job, before the sidecar
-	proxy      *proc
-	containers []*proc
-	ports      []int // container ports checked for readiness
-	cancel     context.CancelFunc
-	readyNow   atomic.Bool
+	net   podNetwork
+	hosts []hostEntry // what the pod's hosts file holds (netns mode)
+	// serviceRules is the kube-proxy chain last installed in a
+	// sidecar-less pod's namespace (kubeproxy.go).
+	serviceRules string
+	tokenPath    string                      // its proxy's CA token (identity.go)
+	init         func(context.Context) error // istio-init's job, before the sidecar
+	proxy        *proc
+	containers   []*proc
+	ports        []int // container ports checked for readiness
+	cancel       context.CancelFunc
+	readyNow     atomic.Bool
 }
 
 func (p *pod) workloadName() string {
