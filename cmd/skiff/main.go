@@ -10,7 +10,9 @@ import (
 	"os"
 	"strings"
 
+	"github.com/skiff-mesh/skiff/cli/analyze"
 	"github.com/skiff-mesh/skiff/cli/inspect"
+	"github.com/skiff-mesh/skiff/cli/kubeinject"
 	"github.com/skiff-mesh/skiff/cli/mesh"
 	"github.com/skiff-mesh/skiff/localmesh"
 )
@@ -28,6 +30,10 @@ The local mesh (no Kubernetes needed):
   exec [-n NS] POD|deploy/NAME -- CMD ARGS
                        run a command as the pod's containers run (through its sidecar)
   down                 stop the running mesh
+
+Working with manifests:
+  analyze FILE|DIR...                      istioctl analyze's checks, offline (codes IST0xxx, exit 79 on errors)
+  kube-inject -f FILE|-                    inject the skiff-proxy sidecar into Kubernetes workloads, as Istio's injector does
 
 Inspecting proxies:
   proxy-status [POD]                       sync state of every proxy (ps)
@@ -64,6 +70,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return mesh.Down(ctx, rest, stdout, stderr)
 	case "exec":
 		return mesh.Exec(ctx, rest, os.Stdin, stdout, stderr)
+	case "analyze":
+		return analyze.Run(ctx, rest, stdout, stderr)
+	case "kube-inject":
+		return kubeinject.Run(ctx, rest, os.Stdin, stdout, stderr)
 	case mesh.SkiffdVerb: // hidden: the skiffd skiff up runs when no skiffd binary is at hand
 		return mesh.Skiffd(ctx, rest, stdout, stderr)
 	case "proxy-status", "ps", "proxy-config", "pc":
