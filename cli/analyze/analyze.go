@@ -20,6 +20,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	"github.com/skiff-mesh/skiff/cli/cliflags"
 	"github.com/skiff-mesh/skiff/controlplane/analyze"
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/validation"
@@ -110,7 +111,7 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fs.BoolVar(&recursive, n, true, "accepted for istioctl compatibility: directories are always read recursively, as skiff up reads them")
 	}
 
-	targets, err := parseFlags(fs, args)
+	targets, err := cliflags.Parse(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fmt.Fprint(stdout, usage)
 		fs.SetOutput(stdout)
@@ -226,26 +227,6 @@ func (o *options) check(targets []string) error {
 		return errors.New("no files given: name the manifest files or directories to analyze (skiff analyze FILE|DIR...)")
 	}
 	return nil
-}
-
-// parseFlags parses flags wherever they stand among the arguments, as
-// istioctl does, and returns the positionals.
-func parseFlags(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		if args[0] == "--" {
-			return append(pos, args[1:]...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
 }
 
 func isManifest(p string) bool {

@@ -19,6 +19,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/skiff-mesh/skiff/cli/cliflags"
 )
 
 // PodRef names a pod that runs a proxy.
@@ -121,25 +123,15 @@ func Run(ctx context.Context, args []string, env Env, stdout, stderr io.Writer) 
 // arguments, as istioctl (cobra) does, and returns the positionals.
 func parseFlags(fs *flag.FlagSet, args []string, usage string, out io.Writer) ([]string, error) {
 	fs.SetOutput(io.Discard)
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				fmt.Fprint(out, usage)
-				return nil, err
-			}
-			return nil, usagef("%v\n%s", err, usage)
+	pos, err := cliflags.Parse(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprint(out, usage)
+			return nil, err
 		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		if args[0] == "--" {
-			return append(pos, args[1:]...), nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
+		return nil, usagef("%v\n%s", err, usage)
 	}
+	return pos, nil
 }
 
 // podArg splits "pod[.namespace]"; the namespace defaults to ns. Pod names

@@ -8,25 +8,13 @@ import (
 	"fmt"
 	"io"
 
+	"github.com/skiff-mesh/skiff/cli/cliflags"
 	"github.com/skiff-mesh/skiff/localmesh"
 )
 
 // parse parses args allowing flags after positional arguments ("skiff up
 // DIR --gateway-port 0"), as kubectl and istioctl do.
-func parse(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for {
-		if err := fs.Parse(args); err != nil {
-			return nil, err
-		}
-		args = fs.Args()
-		if len(args) == 0 {
-			return pos, nil
-		}
-		pos = append(pos, args[0])
-		args = args[1:]
-	}
-}
+func parse(fs *flag.FlagSet, args []string) ([]string, error) { return cliflags.Parse(fs, args) }
 
 func newFlags(name, usage string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet("skiff "+name, flag.ContinueOnError)
