@@ -8,6 +8,7 @@ need=()
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need+=(iptables)
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server) # internal/testing/kubetest
 # test/bookinfo drives headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
@@ -35,6 +36,13 @@ if [ "$(id -u)" = 0 ]; then
 else
   echo "== not root: the network-namespace tests (build tag netns) do not run here; CI runs them as root"
 fi
+
+# The Kubernetes tests run a real kube-apiserver and kube-controller-manager,
+# built once from the k8s.io/kubernetes module and cached by version
+# (about 5 minutes cold; ~/.cache/skiff/kube): build them before the tests'
+# timeouts start.
+echo "== kube-apiserver and kube-controller-manager (cached)"
+bash scripts/kube-binaries.sh
 
 echo "== go test"
 go test -race -count=1 -timeout 25m $tags ./...
