@@ -1,6 +1,9 @@
 // Command skiff-proxy is Skiff's data-plane proxy: Envoy's job, driven by an
 // Envoy v3 bootstrap (`skiff-proxy -c bootstrap.yaml`, as `envoy -c`) and,
-// through it, by any xDS server.
+// through it, by any xDS server. As an injected Kubernetes sidecar it does
+// pilot-agent's job too: `skiff-proxy proxy sidecar|router` builds the
+// bootstrap from the pod's environment and serves the status and health
+// ports; `skiff-proxy wait` is the postStart hook.
 package main
 
 import (
@@ -12,10 +15,10 @@ import (
 	"os/signal"
 	"runtime"
 	"runtime/debug"
-	"strconv"
 	"syscall"
 	"time"
 
+	"github.com/skiff-mesh/skiff/dataplane/agentcmd"
 	"github.com/skiff-mesh/skiff/dataplane/proxy"
 )
 
@@ -24,8 +27,22 @@ func main() {
 }
 
 func run(args []string) int {
-	if len(args) > 0 && args[0] == "iptables" {
-		return runIptables(args[1:], os.Stdout, os.Stderr)
+	if len(args) > 0 {
+		switch args[0] {
+		case "iptables":
+			return runIptables(args[1:], os.Stdout, os.Stderr)
+		case "proxy":
+			if os.Getenv("GOGC") == "" {
+				debug.SetGCPercent(defaultGCPercent)
+			}
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agentcmd.RunProxy(ctx, args[1:], agentcmd.OSEnviron(), os.Stdout, os.Stderr)
+		case "wait":
+			ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+			defer stop()
+			return agentcmd.RunWait(ctx, args[1:], os.Stdout, os.Stderr)
+		}
 	}
 	fs := flag.NewFlagSet("skiff-proxy", flag.ContinueOnError)
 	var (
@@ -38,7 +55,7 @@ func run(args []string) int {
 		logLevel     = fs.String("log-level", "", "log level: debug, info, warn, error")
 		promAddr     = fs.String("prometheus-addr", "", "also serve /stats/prometheus on this address (Istio's :15090)")
 		concurrency  = fs.Int("concurrency", 0, "worker threads (GOMAXPROCS); 0 keeps the Go default")
-		gcPercent    = fs.Int("gc-percent", 50, "Go GC target percentage (GOGC); a sidecar's live heap is small, so a tighter target saves resident memory for little CPU")
+		gcPercent    = fs.Int("gc-percent", defaultGCPercent, "Go GC target percentage (GOGC); a sidecar's live heap is small, so a tighter target saves resident memory for little CPU")
 		printVersion = fs.Bool("version", false, "print the version and exit")
 		caAddr       = fs.String("ca-addr", os.Getenv("CA_ADDR"), "HOST:PORT of the mesh CA (skiffd's 15012); turns the identity agent on (env CA_ADDR)")
 		caToken      = fs.String("ca-token-file", "", "file holding the bearer token presented to the CA, re-read for every request")
@@ -72,7 +89,7 @@ func run(args []string) int {
 		return 2
 	}
 	logger := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: lv}))
-	identity, err := identityFromEnv(os.Getenv)
+	identity, err := agentcmd.IdentityFromEnv(os.Getenv)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "skiff-proxy:", err)
 		return 2
@@ -110,24 +127,6 @@ func envOr(name, def string) string {
 	return def
 }
 
-// identityFromEnv reads pilot-agent's environment for the identity agent:
-// SECRET_TTL, SECRET_GRACE_PERIOD_RATIO and TRUST_DOMAIN.
-func identityFromEnv(getenv func(string) string) (proxy.IdentityOptions, error) {
-	var o proxy.IdentityOptions
-	if v := getenv("SECRET_TTL"); v != "" {
-		d, err := time.ParseDuration(v)
-		if err != nil || d <= 0 {
-			return o, fmt.Errorf("SECRET_TTL %q: want a positive duration such as 24h or 90s", v)
-		}
-		o.TTL = d
-	}
-	if v := getenv("SECRET_GRACE_PERIOD_RATIO"); v != "" {
-		r, err := strconv.ParseFloat(v, 64)
-		if err != nil || r <= 0 || r >= 1 {
-			return o, fmt.Errorf("SECRET_GRACE_PERIOD_RATIO %q: want a number between 0 and 1, such as 0.5", v)
-		}
-		o.GraceRatio = r
-	}
-	o.TrustDomain = getenv("TRUST_DOMAIN")
-	return o, nil
-}
+// defaultGCPercent: a sidecar's live heap is small, so a tighter GC target
+// saves resident memory for little CPU.
+const defaultGCPercent = 50
