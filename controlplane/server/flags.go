@@ -22,5 +22,9 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.MaxWorkloadCertTTL, "max-workload-cert-ttl", 90*24*time.Hour, "longest validity a workload may ask for (Istio's MAX_WORKLOAD_CERT_TTL)")
 	fs.StringVar(&o.BootstrapTokensFile, "bootstrap-tokens", "", "`FILE` of bootstrap token hashes (JSON lines of {sha256, namespace, serviceAccount, expires}) whose tokens the CA accepts as \"authorization: Bearer TOKEN\"; watched (skiff up writes it)")
 	fs.StringVar(&o.RootCertOut, "root-cert-out", "", "write the CA's trust bundle (PEM) to `FILE`, and rewrite it when the roots change")
+	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "Kubernetes mode: read the mesh from the API server of this kubeconfig `FILE` (\"in-cluster\" in a pod); --config-dir may be given as well")
+	fs.StringVar(&o.WebhookAddr, "webhook-addr", ":15017", "Kubernetes mode: the injection and validation webhooks over TLS (\"\" serves none)")
+	fs.StringVar(&o.WebhookURL, "webhook-url", "", "Kubernetes mode: the https URL the API server calls the webhooks at (default: the istiod Service of the root namespace, port 443)")
+	fs.BoolVar(&o.ValidationStatus, "validation-status", false, "Kubernetes mode: write validation messages into Istio objects' status (Istio's PILOT_ENABLE_STATUS)")
 	fs.BoolVar(&o.LocalMesh, "local-mesh", false, "every workload has a sidecar unless it opts out (the local mesh); otherwise the injector's marks decide")
 }

@@ -37,10 +37,18 @@ import (
 
 // Options are skiffd's settings.
 type Options struct {
-	ConfigDir      string // YAML manifests to serve (watched)
-	XDSAddr        string // plaintext ADS, Istio's :15010
-	MonitoringAddr string // debug and metrics, Istio's :15014
-	DomainSuffix   string // "cluster.local"
+	ConfigDir string // YAML manifests to serve (watched)
+	// Kubernetes mode (kube.go): the kubeconfig ("in-cluster" in a pod),
+	// the webhooks' address and the URL the API server calls them at
+	// (default: the istiod Service), and whether validation messages are
+	// written into objects' status.
+	Kubeconfig       string
+	WebhookAddr      string
+	WebhookURL       string
+	ValidationStatus bool
+	XDSAddr          string // plaintext ADS, Istio's :15010
+	MonitoringAddr   string // debug and metrics, Istio's :15014
+	DomainSuffix     string // "cluster.local"
 	// RootNamespace and TrustDomain: "" takes the mesh config's (Istio's
 	// defaults istio-system and cluster.local); a value that contradicts
 	// the mesh config is an error.
@@ -150,14 +158,16 @@ type Server struct {
 	version  uint64
 	ready    bool
 	rebuilds chan config.Change
+	// webhookAddr is the bound webhook address in Kubernetes mode.
+	webhookAddr net.Addr
 }
 
 // New binds skiffd's addresses (so a port in use fails at once, naming the
 // flag to change) and builds its parts; Run serves.
 func New(o Options) (*Server, error) {
 	o.defaults()
-	if o.ConfigDir == "" {
-		return nil, errors.New("no configuration directory: run skiffd --config-dir DIR (a directory of Kubernetes-style YAML)")
+	if o.ConfigDir == "" && o.Kubeconfig == "" {
+		return nil, errors.New("no configuration: run skiffd --config-dir DIR (a directory of Kubernetes-style YAML), or --kubeconfig FILE to read it from a Kubernetes API server")
 	}
 	if err := o.resolveMesh(); err != nil {
 		return nil, err
@@ -233,13 +243,29 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.sec != nil {
 		defer s.sec.close()
 	}
-	src := file.New(s.o.ConfigDir, file.Options{Log: s.log, Transform: s.o.Transform})
-	errc := make(chan error, 4)
-	go func() {
-		if err := src.Run(ctx, s.store); err != nil && ctx.Err() == nil {
-			errc <- fmt.Errorf("config directory %s: %w", s.o.ConfigDir, err)
-		}
-	}()
+	errc := make(chan error, 8)
+	var synced []<-chan struct{}
+	if s.o.ConfigDir != "" {
+		src := file.New(s.o.ConfigDir, file.Options{Log: s.log, Transform: s.o.Transform})
+		go func() {
+			if err := src.Run(ctx, s.store); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("config directory %s: %w", s.o.ConfigDir, err)
+			}
+		}()
+		synced = append(synced, src.Synced())
+	}
+	ksrc, kcfg, err := s.kubeSource()
+	if err != nil {
+		return err
+	}
+	if ksrc != nil {
+		go func() {
+			if err := ksrc.Run(ctx, s.store); err != nil && ctx.Err() == nil {
+				errc <- fmt.Errorf("kubernetes source: %w", err)
+			}
+		}()
+		synced = append(synced, ksrc.Synced())
+	}
 	s.store.Subscribe(func(c config.Change) {
 		// Subscribers must not block the store: hand the change to the
 		// rebuild loop, merging with one already waiting.
@@ -256,12 +282,14 @@ func (s *Server) Run(ctx context.Context) error {
 			}
 		}
 	})
-	select {
-	case <-src.Synced():
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-		return nil
+	for _, ch := range synced {
+		select {
+		case <-ch:
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+			return nil
+		}
 	}
 	s.rebuild(config.Change{Version: s.store.Snapshot().Version})
 	go s.rebuildLoop(ctx)
@@ -280,6 +308,11 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.sec != nil {
 		sg = s.sec.run(ctx, &s.o, s.xds, errc)
 		gatherers = append(gatherers, s.sec.reg)
+	}
+	if ksrc != nil {
+		if err := s.runKube(ctx, ksrc, kcfg, errc); err != nil {
+			return err
+		}
 	}
 	mux := http.NewServeMux()
 	mux.Handle("/", debug.Handler(debug.Options{
@@ -303,7 +336,6 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.log.Info("skiffd serving", "xds", s.xdsLn.Addr().String(), "secure", secureAddr, "monitoring", s.monLn.Addr().String(),
 		"config_dir", s.o.ConfigDir, "objects", len(s.store.Snapshot().All()), "trust_domain", s.o.TrustDomain)
-	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:

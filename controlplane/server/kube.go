@@ -1,0 +1,141 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/config/kube"
+	"github.com/skiff-mesh/skiff/controlplane/gatewayapi"
+	"github.com/skiff-mesh/skiff/controlplane/webhook"
+)
+
+// Kubernetes mode: with --kubeconfig (or in a pod, --kubeconfig=in-cluster)
+// skiffd reads the mesh from the API server, writes validation status
+// back, and serves the injection and validation webhooks on
+// --webhook-addr, keeping Istio's webhook configurations pointed at them.
+
+// restConfig loads the kubeconfig ("in-cluster" for the pod's own
+// service account).
+func (o *Options) restConfig() (*rest.Config, error) {
+	if o.Kubeconfig == "in-cluster" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig in-cluster: %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("--kubeconfig %s: %w", o.Kubeconfig, err)
+	}
+	return cfg, nil
+}
+
+// kubeSource builds the Kubernetes source; nil when not in Kubernetes mode.
+func (s *Server) kubeSource() (*kube.Source, *rest.Config, error) {
+	if s.o.Kubeconfig == "" {
+		return nil, nil, nil
+	}
+	cfg, err := s.o.restConfig()
+	if err != nil {
+		return nil, nil, err
+	}
+	src, err := kube.New(cfg, kube.Options{
+		DiscoverySelectors: discoverySelectors(s.o.MeshConfig.GetDiscoverySelectors()),
+		GatewaySecretsOnly: true,
+		Log:                s.log,
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("kubernetes source: %w", err)
+	}
+	return src, cfg, nil
+}
+
+// runKube starts the status writer and, with the CA on, the webhooks.
+func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config, errc chan<- error) error {
+	go func() {
+		err := kube.NewStatusWriter(src, s.store, kube.StatusOptions{
+			ValidationMessages: s.o.ValidationStatus, GatewayAPI: true,
+			Gateway: gatewayapi.Options{DomainSuffix: s.o.DomainSuffix}, Log: s.log,
+		}).Run(ctx)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("status writer stopped", "error", err)
+		}
+	}()
+	if s.sec == nil || s.o.WebhookAddr == "" {
+		return nil
+	}
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	ns := s.o.RootNamespace
+	dnsNames := []string{"istiod." + ns + ".svc", "istiod." + ns + ".svc." + s.o.DomainSuffix, "skiffd." + ns + ".svc"}
+	if s.o.WebhookURL != "" {
+		u, err := url.Parse(s.o.WebhookURL)
+		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
+			return fmt.Errorf("--webhook-url %q: want https://HOST[:PORT], the address the API server calls the webhooks at", s.o.WebhookURL)
+		}
+		dnsNames = append(dnsNames, u.Hostname())
+	}
+	wh, err := webhook.New(webhook.Options{
+		Addr: s.o.WebhookAddr, CA: s.sec.ca, DNSNames: dnsNames, Logger: s.log,
+		Namespaces: func(name string) (*corev1.Namespace, error) {
+			o := s.store.Snapshot().Get(config.Key{Kind: config.Namespace, Name: name})
+			if o == nil {
+				return nil, apierrors.NewNotFound(schema.GroupResource{Resource: "namespaces"}, name)
+			}
+			n, _ := o.Spec.(*corev1.Namespace)
+			return n, nil
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("--webhook-addr %s: %w", s.o.WebhookAddr, err)
+	}
+	s.webhookAddr = wh.Addr()
+	go func() {
+		if err := wh.Run(ctx); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("webhook server: %w", err)
+		}
+	}()
+	changed, cancel := s.sec.ca.Subscribe()
+	go func() {
+		defer cancel()
+		webhook.Keep(ctx, client, dyn, webhook.ConfigOptions{
+			URL: s.o.WebhookURL, Service: webhook.ServiceRef{Namespace: ns}, Namespace: ns,
+		}, s.sec.ca.TrustBundlePEM, changed, time.Minute, s.log)
+	}()
+	return nil
+}
+
+// discoverySelectors converts the mesh config's selectors to Kubernetes'.
+func discoverySelectors(in []*meshv1alpha1.LabelSelector) []metav1.LabelSelector {
+	out := make([]metav1.LabelSelector, 0, len(in))
+	for _, sel := range in {
+		ls := metav1.LabelSelector{MatchLabels: sel.GetMatchLabels()}
+		for _, e := range sel.GetMatchExpressions() {
+			ls.MatchExpressions = append(ls.MatchExpressions, metav1.LabelSelectorRequirement{
+				Key: e.GetKey(), Operator: metav1.LabelSelectorOperator(e.GetOperator()), Values: e.GetValues(),
+			})
+		}
+		out = append(out, ls)
+	}
+	return out
+}
