@@ -19,6 +19,7 @@ import (
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/kube"
 	"github.com/skiff-mesh/skiff/controlplane/gatewayapi"
+	"github.com/skiff-mesh/skiff/controlplane/kubeca"
 	"github.com/skiff-mesh/skiff/controlplane/webhook"
 )
 
@@ -75,12 +76,34 @@ func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config
 			s.log.Error("status writer stopped", "error", err)
 		}
 	}()
-	if s.sec == nil || s.o.WebhookAddr == "" {
+	if s.sec == nil {
 		return nil
 	}
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		return err
+	}
+	// The mesh's roots in every selected namespace's istio-ca-root-cert
+	// ConfigMap, which injected pods mount to verify skiffd.
+	filter, err := kubeca.SelectorFilter(discoverySelectors(s.o.MeshConfig.GetDiscoverySelectors()))
+	if err != nil {
+		return fmt.Errorf("meshConfig.discoverySelectors: %w", err)
+	}
+	rootsChanged, unsub := s.sec.ca.Subscribe()
+	pub, err := kubeca.NewRootCertPublisher(client, kubeca.PublisherOptions{
+		Bundle: s.sec.ca.TrustBundlePEM, Changed: rootsChanged, NamespaceFilter: filter, Log: s.log})
+	if err != nil {
+		unsub()
+		return err
+	}
+	go func() {
+		defer unsub()
+		if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
+			errc <- fmt.Errorf("root cert publisher: %w", err)
+		}
+	}()
+	if s.o.WebhookAddr == "" {
+		return nil
 	}
 	dyn, err := dynamic.NewForConfig(cfg)
 	if err != nil {

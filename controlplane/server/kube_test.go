@@ -11,6 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -55,6 +58,34 @@ func TestKubernetesMode(t *testing.T) {
 	eventually(t, 60*time.Second, "Service shop/reviews in skiffd's store", func() error {
 		if f.srv.Store().Snapshot().Get(config.Key{Kind: config.Service, Namespace: "shop", Name: "reviews"}) == nil {
 			return errors.New("not there")
+		}
+		return nil
+	})
+
+	// Identity: the CA takes a pod's projected token (audience istio-ca)
+	// through a TokenReview, and each namespace gets the roots.
+	if _, err := cs.CoreV1().ServiceAccounts("shop").Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "reviews"}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := cs.CoreV1().ServiceAccounts("shop").CreateToken(ctx, "reviews", &authenticationv1.TokenRequest{
+		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"istio-ca"}}}, metav1.CreateOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := createCert(f.conn(), tr.Status.Token, csrFor(t, "spiffe://cluster.local/ns/shop/sa/reviews"))
+	if err != nil || len(chain) < 2 {
+		t.Fatalf("CreateCertificate with the pod's service-account token: %v (chain of %d)", err, len(chain))
+	}
+	if _, err := createCert(f.conn(), tr.Status.Token, csrFor(t, "spiffe://cluster.local/ns/shop/sa/ratings")); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("a CSR for another service account with reviews' token: %v, want PermissionDenied", err)
+	}
+	eventually(t, 60*time.Second, "the istio-ca-root-cert ConfigMap in shop", func() error {
+		cm, err := cs.CoreV1().ConfigMaps("shop").Get(ctx, "istio-ca-root-cert", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if !strings.Contains(cm.Data["root-cert.pem"], "BEGIN CERTIFICATE") {
+			return fmt.Errorf("data %v", cm.Data)
 		}
 		return nil
 	})

@@ -14,8 +14,10 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/skiff-mesh/skiff/controlplane/ca"
+	"github.com/skiff-mesh/skiff/controlplane/kubeca"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
 
@@ -71,6 +73,19 @@ func newSecure(o *Options) (*secure, error) {
 		}
 		s.tokens = t
 		auths = append(auths, t)
+	}
+	if o.Kubeconfig != "" {
+		// Kubernetes mode: a pod's projected service-account token
+		// (audience istio-ca), checked with a TokenReview, as istiod does.
+		cfg, err := o.restConfig()
+		if err != nil {
+			return nil, err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig: %w", err)
+		}
+		auths = append(auths, kubeca.NewTokenReviewAuthenticator(client, kubeca.TokenReviewOptions{TrustDomain: o.TrustDomain}))
 	}
 	// A proxy renews with the certificate it holds once its bootstrap
 	// credential is gone, as Istio's agents do.
