@@ -10,6 +10,8 @@ import (
 	"os"
 	"strings"
 
+	cliinstall "github.com/skiff-mesh/skiff/cli/install"
+
 	"github.com/skiff-mesh/skiff/cli/analyze"
 	"github.com/skiff-mesh/skiff/cli/inspect"
 	"github.com/skiff-mesh/skiff/cli/kubeinject"
@@ -34,6 +36,12 @@ The local mesh (no Kubernetes needed):
 Working with manifests:
   analyze FILE|DIR...                      istioctl analyze's checks, offline (codes IST0xxx, exit 79 on errors)
   kube-inject -f FILE|-                    inject the skiff-proxy sidecar into Kubernetes workloads, as Istio's injector does
+
+Kubernetes:
+  install --profile minimal|default|demo   install skiffd (and gateways) into the cluster of --kubeconfig
+  manifest generate --profile P            print what install applies
+  verify-install                           check every installed object is there and running
+  uninstall [--purge]                      remove what install created
 
 Inspecting proxies:
   proxy-status [POD]                       sync state of every proxy (ps)
@@ -70,6 +78,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return mesh.Down(ctx, rest, stdout, stderr)
 	case "exec":
 		return mesh.Exec(ctx, rest, os.Stdin, stdout, stderr)
+	case "install", "manifest", "uninstall", "verify-install":
+		return cliinstall.Run(ctx, args[0], rest, stdout, stderr)
 	case "analyze":
 		return analyze.Run(ctx, rest, stdout, stderr)
 	case "kube-inject":
