@@ -288,59 +288,19 @@ func (c *cond) check(tcp bool) *fieldError {
 }
 
 func (c *cond) permissions(tcp, lenient bool, dropped func(*fieldError)) ([]*rbacv3.Permission, *fieldError) {
-	if fe := c.check(tcp); fe != nil {
-		if !lenient {
-			return nil, fe
-		}
-		dropped(fe)
-		return nil, nil
-	}
-	var out []*rbacv3.Permission
-	for _, neg := range []bool{false, true} {
-		vs := c.values
-		if neg {
-			vs = c.notValues
-		}
-		if len(vs) == 0 {
-			continue
-		}
-		var p *rbacv3.Permission
-		if c.permList != nil {
-			var err error
-			if p, err = c.permList(vs); err != nil {
-				if !lenient {
-					return nil, &fieldError{path: c.path, msg: err.Error()}
-				}
-				dropped(&fieldError{path: c.path, msg: err.Error()})
-				continue
-			}
-		} else {
-			var or []*rbacv3.Permission
-			for _, v := range vs {
-				x, err := c.perm(v)
-				if err != nil {
-					if !lenient {
-						return nil, &fieldError{path: c.path, msg: err.Error()}
-					}
-					dropped(&fieldError{path: c.path, msg: err.Error()})
-					continue
-				}
-				or = append(or, x)
-			}
-			if len(or) == 0 {
-				continue
-			}
-			p = permOr(or)
-		}
-		if neg {
-			p = permNot(p)
-		}
-		out = append(out, p)
-	}
-	return out, nil
+	return matchers(c, tcp, lenient, dropped, c.permList, c.perm, permOr, permNot)
 }
 
 func (c *cond) principals(tcp, lenient bool, dropped func(*fieldError)) ([]*rbacv3.Principal, *fieldError) {
+	return matchers(c, tcp, lenient, dropped, c.prinList, c.prin, prinOr, prinNot)
+}
+
+// matchers builds a condition's RBAC matchers (permissions or principals):
+// one for its values (list builds them together when set, else one each,
+// ORed) and a negated one for its notValues. A value that cannot be
+// expressed fails the rule, or with lenient is dropped and reported.
+func matchers[T any](c *cond, tcp, lenient bool, dropped func(*fieldError),
+	list func([]string) (T, error), one func(string) (T, error), or func([]T) T, not func(T) T) ([]T, *fieldError) {
 	if fe := c.check(tcp); fe != nil {
 		if !lenient {
 			return nil, fe
@@ -348,7 +308,7 @@ func (c *cond) principals(tcp, lenient bool, dropped func(*fieldError)) ([]*rbac
 		dropped(fe)
 		return nil, nil
 	}
-	var out []*rbacv3.Principal
+	var out []T
 	for _, neg := range []bool{false, true} {
 		vs := c.values
 		if neg {
@@ -357,10 +317,10 @@ func (c *cond) principals(tcp, lenient bool, dropped func(*fieldError)) ([]*rbac
 		if len(vs) == 0 {
 			continue
 		}
-		var p *rbacv3.Principal
-		if c.prinList != nil {
+		var p T
+		if list != nil {
 			var err error
-			if p, err = c.prinList(vs); err != nil {
+			if p, err = list(vs); err != nil {
 				if !lenient {
 					return nil, &fieldError{path: c.path, msg: err.Error()}
 				}
@@ -368,9 +328,9 @@ func (c *cond) principals(tcp, lenient bool, dropped func(*fieldError)) ([]*rbac
 				continue
 			}
 		} else {
-			var or []*rbacv3.Principal
+			var ors []T
 			for _, v := range vs {
-				x, err := c.prin(v)
+				x, err := one(v)
 				if err != nil {
 					if !lenient {
 						return nil, &fieldError{path: c.path, msg: err.Error()}
@@ -378,15 +338,15 @@ func (c *cond) principals(tcp, lenient bool, dropped func(*fieldError)) ([]*rbac
 					dropped(&fieldError{path: c.path, msg: err.Error()})
 					continue
 				}
-				or = append(or, x)
+				ors = append(ors, x)
 			}
-			if len(or) == 0 {
+			if len(ors) == 0 {
 				continue
 			}
-			p = prinOr(or)
+			p = or(ors)
 		}
 		if neg {
-			p = prinNot(p)
+			p = not(p)
 		}
 		out = append(out, p)
 	}
