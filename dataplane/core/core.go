@@ -19,6 +19,7 @@ import (
 	"time"
 
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	"google.golang.org/protobuf/types/known/structpb"
 )
 
 // ConnInfo is what the listener learned about a downstream connection before
@@ -200,3 +201,36 @@ type Secrets interface {
 
 // Clock exists so that timing-dependent code reads time in one place.
 type Clock func() time.Time
+
+// LookupMetadata walks path through dynamic metadata as filters store it
+// (Go maps from decoded JSON, or protobuf Structs) and returns the value
+// found there, a *structpb.Value turned into its Go form.
+func LookupMetadata(v any, path []string) (any, bool) {
+	if v == nil {
+		return nil, false
+	}
+	for _, k := range path {
+		var ok bool
+		switch m := v.(type) {
+		case map[string]any:
+			v, ok = m[k]
+		case map[string]string:
+			v, ok = m[k]
+		case *structpb.Struct:
+			var f *structpb.Value
+			f, ok = m.GetFields()[k]
+			v = f
+		case *structpb.Value:
+			var f *structpb.Value
+			f, ok = m.GetStructValue().GetFields()[k]
+			v = f
+		}
+		if !ok {
+			return nil, false
+		}
+	}
+	if pv, ok := v.(*structpb.Value); ok {
+		return pv.AsInterface(), true
+	}
+	return v, true
+}

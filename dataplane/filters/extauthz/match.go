@@ -6,8 +6,8 @@ import (
 	"strings"
 
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiff-mesh/skiff/dataplane/core"
 	"github.com/skiff-mesh/skiff/dataplane/route"
 )
 
@@ -86,38 +86,8 @@ func compileMetadata(m *matcherv3.MetadataMatcher) (*metadataMatcher, error) {
 
 // match tests the metadata namespace's value (nil when unset).
 func (m *metadataMatcher) match(ns any) bool {
-	v, found := lookup(ns, m.path)
+	v, found := core.LookupMetadata(ns, m.path)
 	return m.value.match(v, found) != m.invert
-}
-
-func lookup(v any, path []string) (any, bool) {
-	if v == nil {
-		return nil, false
-	}
-	for _, k := range path {
-		var ok bool
-		switch m := v.(type) {
-		case map[string]any:
-			v, ok = m[k]
-		case map[string]string:
-			v, ok = m[k]
-		case *structpb.Struct:
-			var f *structpb.Value
-			f, ok = m.GetFields()[k]
-			v = f
-		case *structpb.Value:
-			var f *structpb.Value
-			f, ok = m.GetStructValue().GetFields()[k]
-			v = f
-		}
-		if !ok {
-			return nil, false
-		}
-	}
-	if pv, ok := v.(*structpb.Value); ok {
-		return pv.AsInterface(), true
-	}
-	return v, true
 }
 
 // valueMatcher is the subset of envoy.type.matcher.v3.ValueMatcher a

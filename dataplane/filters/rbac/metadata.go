@@ -10,8 +10,8 @@ import (
 	rbacv3 "github.com/envoyproxy/go-control-plane/envoy/config/rbac/v3"
 	uritemplatev3 "github.com/envoyproxy/go-control-plane/envoy/extensions/path/match/uri_template/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	"google.golang.org/protobuf/types/known/structpb"
 
+	"github.com/skiff-mesh/skiff/dataplane/core"
 	"github.com/skiff-mesh/skiff/dataplane/route"
 )
 
@@ -72,40 +72,8 @@ func (m *metadataMatcher) match(a *attrs) bool {
 	if a.stream != nil {
 		root = a.stream.Metadata(m.filter)
 	}
-	v, found := lookup(root, m.path)
+	v, found := core.LookupMetadata(root, m.path)
 	return m.value.match(v, found) != m.invert
-}
-
-// lookup walks path through metadata as filters store it: Go maps from
-// decoded JSON, or protobuf Structs.
-func lookup(v any, path []string) (any, bool) {
-	if v == nil {
-		return nil, false
-	}
-	for _, k := range path {
-		var ok bool
-		switch m := v.(type) {
-		case map[string]any:
-			v, ok = m[k]
-		case map[string]string:
-			v, ok = m[k]
-		case *structpb.Struct:
-			var f *structpb.Value
-			f, ok = m.GetFields()[k]
-			v = f
-		case *structpb.Value:
-			var f *structpb.Value
-			f, ok = m.GetStructValue().GetFields()[k]
-			v = f
-		}
-		if !ok {
-			return nil, false
-		}
-	}
-	if pv, ok := v.(*structpb.Value); ok {
-		return pv.AsInterface(), true
-	}
-	return v, true
 }
 
 type valueKind uint8
