@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/meshtest"
 )
 
 // chromium loads the product page in headless Chromium through the
@@ -20,9 +22,9 @@ import (
 // black (reviews v2); after signing out, none (reviews v1).
 func chromium(t *testing.T, m *mesh) {
 	allV1 := sample(t, "networking/virtual-service-all-v1.yaml")
-	m.apply(t, allV1)
-	t.Cleanup(func() { m.delete(t, allV1) })
-	m.apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
+	m.Apply(t, allV1)
+	t.Cleanup(func() { m.Delete(t, allV1) })
+	m.Apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(m.ingress)
 	jason.signIn(t, "jason")
 	jason.until(t, 20*time.Second, 10, "reviews v2 for jason before Chromium starts", v2)
@@ -79,7 +81,7 @@ func startChromium(t *testing.T) *webDriver {
 	}
 	port := freePort(t)
 	cmd := exec.Command(driver, "--port="+strconv.Itoa(port), "--allowed-ips=127.0.0.1")
-	var log syncBuilder
+	var log meshtest.SyncBuilder
 	cmd.Stdout, cmd.Stderr = &log, &log
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting %s: %v", driver, err)

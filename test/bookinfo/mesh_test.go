@@ -8,7 +8,6 @@
 package bookinfo
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -17,13 +16,13 @@ import (
 	"net/http/cookiejar"
 	"net/url"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/meshtest"
 )
 
 var (
@@ -36,22 +35,13 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	dir, err := os.MkdirTemp("", "skiff-bookinfo-test")
+	dir, err := meshtest.Build(map[string]string{
+		"skiff": "github.com/skiff-mesh/skiff/cmd/skiff", "skiffd": "github.com/skiff-mesh/skiff/cmd/skiffd",
+		"skiff-proxy": "github.com/skiff-mesh/skiff/cmd/skiff-proxy", "bookinfo": "github.com/skiff-mesh/skiff/samples/bookinfo/cmd/bookinfo",
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
-	}
-	for out, pkg := range map[string]string{
-		"skiff": "../../cmd/skiff", "skiffd": "../../cmd/skiffd", "skiff-proxy": "../../cmd/skiff-proxy",
-		"bookinfo": "../../samples/bookinfo/cmd/bookinfo",
-	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", pkg, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
 	}
 	bin = dir
 	if repo, err = filepath.Abs("../.."); err != nil {
@@ -76,150 +66,42 @@ func sample(t *testing.T, rel string) string {
 
 // mesh is one running `skiff up` of Bookinfo.
 type mesh struct {
-	state   string // --state-dir
+	*meshtest.Mesh
 	ingress string // the ingress gateway, http://127.0.0.1:PORT
-	up      *exec.Cmd
-	done    chan error
-	out     *syncBuilder
 }
-
-// netnsBusy is what skiff up says when another mesh on the host holds the
-// network namespaces (another package's test, run at the same time).
-const netnsBusy = "another local mesh on this host uses network namespaces"
 
 // startMesh runs skiff up on Bookinfo's local manifests with free ports
 // and waits for "mesh ready" and the product page URL; the mesh goes down
 // when t ends.
 func startMesh(t *testing.T, capture string, extra ...string) *mesh {
 	t.Helper()
-	// Other packages' tests may hold the host's network namespaces for a
-	// while; wait for them rather than fail.
-	for deadline := time.Now().Add(4 * time.Minute); ; {
-		m, err := tryStartMesh(t, capture, extra)
-		if err == nil {
-			return m
-		}
-		if !strings.Contains(err.Error(), netnsBusy) || time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		t.Logf("skiff up: %s; trying again in 2 s", netnsBusy)
-		time.Sleep(2 * time.Second)
-	}
-}
-
-func tryStartMesh(t *testing.T, capture string, extra []string) (*mesh, error) {
-	m := &mesh{state: t.TempDir(), done: make(chan error, 1), out: &syncBuilder{}}
-	args := append([]string{"up", filepath.Join(repo, "samples/bookinfo/platform/local"), "--state-dir", m.state,
-		"--capture", capture, "--gateway-port", "0", "--monitoring-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}, extra...)
-	m.up = exec.Command(filepath.Join(bin, "skiff"), args...)
-	stdout, err := m.up.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	m.up.Stderr = m.out
-	if err := m.up.Start(); err != nil {
-		return nil, err
-	}
-	lines := make(chan string, 1000)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			m.out.Write([]byte(sc.Text() + "\n"))
-			select {
-			case lines <- sc.Text():
-			default:
-			}
-		}
-		m.done <- m.up.Wait()
-	}()
+	m := &mesh{}
 	ready := false
-	for deadline := time.After(90 * time.Second); m.ingress == ""; {
-		select {
-		case l := <-lines:
-			l = strings.TrimSpace(l)
-			if l == "mesh ready" {
-				ready = true
-			}
-			if u, ok := strings.CutPrefix(l, "product page:"); ok {
-				m.ingress = strings.TrimSuffix(strings.TrimSpace(u), "/productpage")
-			}
-		case err := <-m.done:
-			return nil, fmt.Errorf("skiff %s exited before printing the product page URL: %v\n%s", strings.Join(args, " "), err, m.out.String())
-		case <-deadline:
-			m.up.Process.Kill()
-			<-m.done
-			return nil, fmt.Errorf("skiff up printed no product page URL within 90 s:\n%s", m.out.String())
+	args := append([]string{filepath.Join(repo, "samples/bookinfo/platform/local"),
+		"--capture", capture, "--gateway-port", "0", "--monitoring-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}, extra...)
+	m.Mesh = meshtest.Start(t, bin, args, func(l string) (bool, error) {
+		if l == "mesh ready" {
+			ready = true
 		}
-	}
-	t.Cleanup(func() {
-		m.stop()
-		if t.Failed() {
-			t.Logf("skiff up printed:\n%s", m.out.String())
+		if u, ok := strings.CutPrefix(l, "product page:"); ok {
+			m.ingress = strings.TrimSuffix(strings.TrimSpace(u), "/productpage")
+			if !ready {
+				return false, fmt.Errorf("the product page was announced without \"mesh ready\"")
+			}
+			return true, nil
 		}
+		return false, nil
 	})
-	if !ready {
-		t.Fatalf("skiff up announced the product page without \"mesh ready\":\n%s", m.out.String())
-	}
 	if !strings.HasPrefix(m.ingress, "http://127.0.0.1:") {
 		t.Fatalf("product page URL %q is not on 127.0.0.1", m.ingress)
 	}
 	var rep struct {
 		Capture string `json:"capture"`
 	}
-	if out := m.skiff(t, "status", "-o", "json"); json.Unmarshal([]byte(out), &rep) != nil || rep.Capture != capture {
+	if out := m.Skiff(t, "status", "-o", "json"); json.Unmarshal([]byte(out), &rep) != nil || rep.Capture != capture {
 		t.Fatalf("skiff status -o json: capture %q, want %q:\n%s", rep.Capture, capture, out)
 	}
-	return m, nil
-}
-
-// stop is skiff down, bounded; the log of skiff up is kept for a failed test.
-func (m *mesh) stop() {
-	cmd := exec.Command(filepath.Join(bin, "skiff"), "down", "--state-dir", m.state)
-	cmd.Run()
-	select {
-	case <-m.done:
-	case <-time.After(30 * time.Second):
-		m.up.Process.Kill()
-		<-m.done
-	}
-}
-
-// skiff runs one verb against the mesh and fails the test unless it exits 0.
-func (m *mesh) skiff(t *testing.T, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(bin, "skiff"), append(args, "--state-dir", m.state)...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("skiff %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out.String(), errb.String())
-	}
-	return out.String()
-}
-
-// apply is `skiff apply -f FILE`; it checks nothing was rejected.
-func (m *mesh) apply(t *testing.T, file string) {
-	t.Helper()
-	out := m.skiff(t, "apply", "-f", file)
-	if strings.Contains(out, "rejected") {
-		t.Fatalf("skiff apply -f %s rejected an object:\n%s", file, out)
-	}
-}
-
-func (m *mesh) delete(t *testing.T, file string) {
-	t.Helper()
-	m.skiff(t, "delete", "-f", file)
-}
-
-// applyInline applies YAML a task page gives inline (kubectl apply -f -
-// <<EOF) from a file of its own, and returns the file for the cleanup.
-func (m *mesh) applyInline(t *testing.T, name, yaml string) string {
-	t.Helper()
-	f := filepath.Join(t.TempDir(), name)
-	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	m.apply(t, f)
-	return f
+	return m
 }
 
 // page is the product page as a reader sees it.
@@ -342,7 +224,7 @@ func v3(p page) bool { return p.reviews == "v3" && p.color == "red" && p.stars >
 // Gateway default/name, or "", and what status said.
 func (m *mesh) gatewayURL(t *testing.T, name string) (string, string) {
 	t.Helper()
-	out := m.skiff(t, "status", "-o", "json")
+	out := m.Skiff(t, "status", "-o", "json")
 	var rep struct {
 		Gateways []struct {
 			Gateway string `json:"gateway"` // namespace/name
@@ -358,24 +240,6 @@ func (m *mesh) gatewayURL(t *testing.T, name string) (string, string) {
 		}
 	}
 	return "", out
-}
-
-// syncBuilder is a strings.Builder safe to read while a process writes it.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
 
 var errNoChromium = errors.New("chromium or chromedriver is not installed: run scripts/test.sh, which installs chromium (Debian's chromium and chromium-driver packages)")

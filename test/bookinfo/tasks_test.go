@@ -21,8 +21,8 @@ func TestBookinfoLoopback(t *testing.T) {
 // (networking/bookinfo-gateway.yaml, applied over the local mesh's copy)
 // and the default destination rules naming the versions.
 func replayTasks(t *testing.T, m *mesh) {
-	m.apply(t, sample(t, "networking/bookinfo-gateway.yaml"))
-	m.apply(t, sample(t, "networking/destination-rule-all.yaml"))
+	m.Apply(t, sample(t, "networking/bookinfo-gateway.yaml"))
+	m.Apply(t, sample(t, "networking/destination-rule-all.yaml"))
 	t.Run("Ingress", func(t *testing.T) { ingress(t, m) })
 	t.Run("RequestRouting", func(t *testing.T) { requestRouting(t, m) })
 	t.Run("FaultInjection", func(t *testing.T) { faultInjection(t, m) })
@@ -64,13 +64,13 @@ func get(t *testing.T, r *reader, path string) (string, int) {
 // still to v1.
 func requestRouting(t *testing.T, m *mesh) {
 	allV1 := sample(t, "networking/virtual-service-all-v1.yaml")
-	m.apply(t, allV1)
-	t.Cleanup(func() { m.delete(t, allV1) })
+	m.Apply(t, allV1)
+	t.Cleanup(func() { m.Delete(t, allV1) })
 	anon := newReader(m.ingress)
 	anon.until(t, 20*time.Second, 10, "reviews v1", v1)
 	anon.each(t, 20, "reviews v1 without stars, as all-v1 routes", v1)
 
-	m.apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
+	m.Apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(m.ingress)
 	jason.signIn(t, "jason")
 	jason.until(t, 20*time.Second, 1, "reviews v2 with black stars for jason", v2)
@@ -88,14 +88,14 @@ func requestRouting(t *testing.T, m *mesh) {
 // currently unavailable".
 func faultInjection(t *testing.T, m *mesh) {
 	allV1 := sample(t, "networking/virtual-service-all-v1.yaml")
-	m.apply(t, allV1)
-	t.Cleanup(func() { m.delete(t, allV1) })
-	m.apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
+	m.Apply(t, allV1)
+	t.Cleanup(func() { m.Delete(t, allV1) })
+	m.Apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(m.ingress)
 	jason.signIn(t, "jason")
 	jason.until(t, 20*time.Second, 10, "reviews v2 for jason", v2)
 
-	m.apply(t, sample(t, "networking/virtual-service-ratings-test-delay.yaml"))
+	m.Apply(t, sample(t, "networking/virtual-service-ratings-test-delay.yaml"))
 	p := jason.until(t, 40*time.Second, 1, "the reviews-unavailable text under the 7 s delay", func(p page) bool {
 		return p.reviews == "" && containsText(p, reviewsUnavailable)
 	})
@@ -108,7 +108,7 @@ func faultInjection(t *testing.T, m *mesh) {
 		t.Errorf("the delay is for jason only, yet another reader got: %v %s", err, p)
 	}
 
-	m.apply(t, sample(t, "networking/virtual-service-ratings-test-abort.yaml"))
+	m.Apply(t, sample(t, "networking/virtual-service-ratings-test-abort.yaml"))
 	abort := func(p page) bool { return p.reviews == "v2" && containsText(p, ratingsUnavailable) }
 	jason.until(t, 40*time.Second, 1, "\""+ratingsUnavailable+"\" under the abort", abort)
 	// A fresh read: the first may have begun under the delay.
@@ -121,17 +121,17 @@ func faultInjection(t *testing.T, m *mesh) {
 // Traffic Shifting: all-v1, then 50/50 between v1 and v3, then all v3.
 func trafficShifting(t *testing.T, m *mesh) {
 	allV1 := sample(t, "networking/virtual-service-all-v1.yaml")
-	m.apply(t, allV1)
-	t.Cleanup(func() { m.delete(t, allV1) })
+	m.Apply(t, allV1)
+	t.Cleanup(func() { m.Delete(t, allV1) })
 	r := newReader(m.ingress)
 	r.until(t, 20*time.Second, 10, "reviews v1", v1)
 	r.each(t, 10, "reviews v1", v1)
 
-	m.apply(t, sample(t, "networking/virtual-service-reviews-50-v3.yaml"))
+	m.Apply(t, sample(t, "networking/virtual-service-reviews-50-v3.yaml"))
 	r.until(t, 20*time.Second, 1, "reviews v3 with red stars once the 50/50 split is in force", v3)
 	fiftyFifty(t, r)
 
-	m.apply(t, sample(t, "networking/virtual-service-reviews-v3.yaml"))
+	m.Apply(t, sample(t, "networking/virtual-service-reviews-v3.yaml"))
 	r.until(t, 20*time.Second, 10, "reviews v3 only", v3)
 	r.each(t, 20, "reviews v3 with red stars for everyone", v3)
 }
@@ -166,7 +166,7 @@ func fiftyFifty(t *testing.T, r *reader) {
 // a 0.5 s timeout on reviews: the page comes in about 1 s (productpage
 // tries reviews twice) with the reviews-unavailable text.
 func requestTimeouts(t *testing.T, m *mesh) {
-	reviews := m.applyInline(t, "reviews-v2.yaml", `apiVersion: networking.istio.io/v1
+	reviews := m.ApplyInline(t, "reviews-v2.yaml", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
   name: reviews
@@ -179,11 +179,11 @@ spec:
         host: reviews
         subset: v2
 `)
-	t.Cleanup(func() { m.delete(t, reviews) })
+	t.Cleanup(func() { m.Delete(t, reviews) })
 	r := newReader(m.ingress)
 	r.until(t, 20*time.Second, 10, "reviews v2", v2)
 
-	ratings := m.applyInline(t, "ratings-delay.yaml", `apiVersion: networking.istio.io/v1
+	ratings := m.ApplyInline(t, "ratings-delay.yaml", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
   name: ratings
@@ -201,7 +201,7 @@ spec:
         host: ratings
         subset: v1
 `)
-	t.Cleanup(func() { m.delete(t, ratings) })
+	t.Cleanup(func() { m.Delete(t, ratings) })
 	p := r.until(t, 20*time.Second, 1, "reviews v2 after the 2 s delay", func(p page) bool {
 		return v2(p) && p.elapsed >= 2*time.Second
 	})
@@ -209,7 +209,7 @@ spec:
 		t.Errorf("with the 2 s ratings delay the page took %s, want about 2 s", p.elapsed)
 	}
 
-	m.applyInline(t, "reviews-timeout.yaml", `apiVersion: networking.istio.io/v1
+	m.ApplyInline(t, "reviews-timeout.yaml", `apiVersion: networking.istio.io/v1
 kind: VirtualService
 metadata:
   name: reviews
@@ -240,7 +240,7 @@ spec:
 // header) and traffic shifting (route-reviews-v1, route-reviews-50-v3,
 // route-reviews-v3).
 func gatewayAPI(t *testing.T, m *mesh) {
-	m.apply(t, sample(t, "gateway-api/bookinfo-gateway.yaml"))
+	m.Apply(t, sample(t, "gateway-api/bookinfo-gateway.yaml"))
 	gw, status := "", ""
 	for deadline := time.Now().Add(30 * time.Second); gw == "" && time.Now().Before(deadline); time.Sleep(300 * time.Millisecond) {
 		gw, status = m.gatewayURL(t, "bookinfo-gateway")
@@ -252,17 +252,17 @@ func gatewayAPI(t *testing.T, m *mesh) {
 	r.until(t, 20*time.Second, 1, "the product page through the Gateway API Gateway at "+gw, func(p page) bool { return p.reviews != "" })
 
 	versions := sample(t, "platform/kube/bookinfo-versions.yaml")
-	m.apply(t, versions)
-	t.Cleanup(func() { m.delete(t, versions) })
+	m.Apply(t, versions)
+	t.Cleanup(func() { m.Delete(t, versions) })
 	route := sample(t, "gateway-api/route-reviews-v1.yaml")
-	m.apply(t, route)
+	m.Apply(t, route)
 	// The task's cleanup: kubectl delete httproute reviews.
-	t.Cleanup(func() { m.delete(t, route) })
+	t.Cleanup(func() { m.Delete(t, route) })
 	r.until(t, 20*time.Second, 10, "reviews v1 by the HTTPRoute", v1)
 	r.each(t, 10, "reviews v1 by the HTTPRoute", v1)
 
 	// Request routing's Gateway API variant gives jason's route inline.
-	m.applyInline(t, "route-reviews-jason-v2.yaml", `apiVersion: gateway.networking.k8s.io/v1
+	m.ApplyInline(t, "route-reviews-jason-v2.yaml", `apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata:
   name: reviews
@@ -291,14 +291,14 @@ spec:
 	r.each(t, 10, "reviews v1 for a reader who has not signed in, by the HTTPRoute", v1)
 
 	// Traffic shifting's Gateway API variant starts from route-reviews-v1.
-	m.apply(t, route)
+	m.Apply(t, route)
 	jason.until(t, 20*time.Second, 1, "reviews v1 for jason again under route-reviews-v1.yaml", v1)
 
-	m.apply(t, sample(t, "gateway-api/route-reviews-50-v3.yaml"))
+	m.Apply(t, sample(t, "gateway-api/route-reviews-50-v3.yaml"))
 	r.until(t, 20*time.Second, 1, "reviews v3 once the HTTPRoute's 50/50 split is in force", v3)
 	fiftyFifty(t, r)
 
-	m.apply(t, sample(t, "gateway-api/route-reviews-v3.yaml"))
+	m.Apply(t, sample(t, "gateway-api/route-reviews-v3.yaml"))
 	r.until(t, 20*time.Second, 10, "reviews v3 only by the HTTPRoute", v3)
 	r.each(t, 20, "reviews v3 with red stars by the HTTPRoute", v3)
 }

@@ -162,7 +162,7 @@ func (m *mesh) policy(t *testing.T, name, yaml string) (undo func()) {
 	t.Helper()
 	f := m.apply(t, name, yaml)
 	var once sync.Once
-	undo = func() { once.Do(func() { m.delete(t, f) }) }
+	undo = func() { once.Do(func() { m.Delete(t, f) }) }
 	t.Cleanup(undo)
 	return undo
 }

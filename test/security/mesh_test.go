@@ -3,10 +3,10 @@
 package security
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -15,9 +15,10 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/meshtest"
 )
 
 // bin holds skiff, skiffd, skiff-proxy and the sample programs side by
@@ -30,22 +31,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "test/security: the netns build tag is given but this is not root: these tests need network namespaces and iptables (run them as root, as CI and scripts/test.sh do, or leave out -tags netns)")
 		os.Exit(1)
 	}
-	dir, err := os.MkdirTemp("", "skiff-security-test")
+	dir, err := meshtest.Build(map[string]string{
+		"skiff": "github.com/skiff-mesh/skiff/cmd/skiff", "skiffd": "github.com/skiff-mesh/skiff/cmd/skiffd",
+		"skiff-proxy": "github.com/skiff-mesh/skiff/cmd/skiff-proxy", "echo-server": "github.com/skiff-mesh/skiff/samples/echo/cmd/echo-server",
+		"ext-authz": "github.com/skiff-mesh/skiff/samples/extauthz/cmd/ext-authz",
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
-	}
-	for out, pkg := range map[string]string{
-		"skiff": "../../cmd/skiff", "skiffd": "../../cmd/skiffd", "skiff-proxy": "../../cmd/skiff-proxy",
-		"echo-server": "../../samples/echo/cmd/echo-server", "ext-authz": "../../samples/extauthz/cmd/ext-authz",
-	} {
-		cmd := exec.Command("go", "build", "-o", filepath.Join(dir, out), pkg)
-		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
-		if err := cmd.Run(); err != nil {
-			fmt.Fprintf(os.Stderr, "building %s: %v\n", pkg, err)
-			os.RemoveAll(dir)
-			os.Exit(1)
-		}
 	}
 	for _, tool := range []string{"curl", "bash", "timeout", "ip"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -61,117 +54,31 @@ func TestMain(m *testing.M) {
 }
 
 // mesh is one running `skiff up testdata/mesh`.
-type mesh struct {
-	state string // --state-dir
-	up    *exec.Cmd
-	done  chan error
-	out   *syncBuilder
-}
-
-// netnsBusy is what skiff up says when another mesh on the host (another
-// package's test) holds the network namespaces.
-const netnsBusy = "another local mesh on this host uses network namespaces"
+type mesh struct{ *meshtest.Mesh }
 
 // startMesh runs skiff up on testdata/mesh with netns capture and the
 // ext-authz mesh config, and waits for "mesh ready"; the mesh goes down
 // when t ends.
 func startMesh(t *testing.T) *mesh {
 	t.Helper()
-	for deadline := time.Now().Add(4 * time.Minute); ; {
-		m, err := tryStartMesh(t)
-		if err == nil {
-			return m
-		}
-		if !strings.Contains(err.Error(), netnsBusy) || time.Now().After(deadline) {
-			t.Fatal(err)
-		}
-		t.Logf("skiff up: %s; trying again in 2 s", netnsBusy)
-		time.Sleep(2 * time.Second)
-	}
-}
-
-func tryStartMesh(t *testing.T) (*mesh, error) {
 	dir, err := filepath.Abs("testdata/mesh")
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
 	meshConfig, err := filepath.Abs("testdata/meshconfig.yaml")
 	if err != nil {
-		return nil, err
+		t.Fatal(err)
 	}
-	m := &mesh{state: t.TempDir(), done: make(chan error, 1), out: &syncBuilder{}}
 	// The pods reach skiffd through the bridge; port 0 so as not to
 	// collide with another skiffd on this host.
-	args := []string{"up", dir, "--state-dir", m.state, "--capture", "netns", "--meshconfig", meshConfig,
+	args := []string{dir, "--capture", "netns", "--meshconfig", meshConfig,
 		"--xds-addr", "198.18.0.1:0", "--gateway-port", "0", "--monitoring-addr", "127.0.0.1:0", "--api-addr", "127.0.0.1:0"}
-	m.up = exec.Command(filepath.Join(bin, "skiff"), args...)
-	stdout, err := m.up.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	m.up.Stderr = m.out
-	if err := m.up.Start(); err != nil {
-		return nil, err
-	}
-	lines := make(chan string, 1000)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			m.out.Write([]byte(sc.Text() + "\n"))
-			select {
-			case lines <- sc.Text():
-			default:
-			}
+	return &mesh{meshtest.Start(t, bin, args, func(l string) (bool, error) {
+		if strings.HasPrefix(l, "mesh up, but not ready") {
+			return false, errors.New(l)
 		}
-		m.done <- m.up.Wait()
-	}()
-	for deadline := time.After(90 * time.Second); ; {
-		select {
-		case l := <-lines:
-			if l = strings.TrimSpace(l); l == "mesh ready" {
-				t.Cleanup(func() {
-					m.stop()
-					if t.Failed() {
-						t.Logf("skiff up printed:\n%s", m.out.String())
-					}
-				})
-				return m, nil
-			} else if strings.HasPrefix(l, "mesh up, but not ready") {
-				m.stop()
-				return nil, fmt.Errorf("skiff %s: %s\n%s", strings.Join(args, " "), l, m.out.String())
-			}
-		case err := <-m.done:
-			m.done <- err
-			return nil, fmt.Errorf("skiff %s exited before \"mesh ready\": %v\n%s", strings.Join(args, " "), err, m.out.String())
-		case <-deadline:
-			m.stop()
-			return nil, fmt.Errorf("skiff up printed no \"mesh ready\" within 90 s:\n%s", m.out.String())
-		}
-	}
-}
-
-// stop is skiff down, bounded.
-func (m *mesh) stop() {
-	cmd := exec.Command(filepath.Join(bin, "skiff"), "down", "--state-dir", m.state)
-	cmd.Run()
-	select {
-	case <-m.done:
-	case <-time.After(30 * time.Second):
-		m.up.Process.Kill()
-		<-m.done
-	}
-}
-
-// skiff runs one verb against the mesh and fails the test unless it exits 0.
-func (m *mesh) skiff(t *testing.T, args ...string) string {
-	t.Helper()
-	cmd := exec.Command(filepath.Join(bin, "skiff"), append(args, "--state-dir", m.state)...)
-	var out, errb strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("skiff %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out.String(), errb.String())
-	}
-	return out.String()
+		return l == "mesh ready", nil
+	})}
 }
 
 // apply writes YAML a task gives inline (kubectl apply -f - <<EOF) to a
@@ -179,19 +86,7 @@ func (m *mesh) skiff(t *testing.T, args ...string) string {
 // rejected and returns the file for skiff delete -f.
 func (m *mesh) apply(t *testing.T, name, yaml string) string {
 	t.Helper()
-	f := filepath.Join(t.TempDir(), name+".yaml")
-	if err := os.WriteFile(f, []byte(yaml), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if out := m.skiff(t, "apply", "-f", f); strings.Contains(out, "rejected") {
-		t.Fatalf("skiff apply -f %s rejected an object:\n%s\n%s", f, out, yaml)
-	}
-	return f
-}
-
-func (m *mesh) delete(t *testing.T, file string) {
-	t.Helper()
-	m.skiff(t, "delete", "-f", file)
+	return m.ApplyInline(t, name+".yaml", yaml)
 }
 
 // pod is a pod as skiff status -o json lists it.
@@ -208,7 +103,7 @@ type pod struct {
 // pod is the running pod of Deployment ns/deploy.
 func (m *mesh) pod(t *testing.T, ns, deploy string) pod {
 	t.Helper()
-	out := m.skiff(t, "status", "-o", "json")
+	out := m.Skiff(t, "status", "-o", "json")
 	var rep struct {
 		Pods []pod `json:"pods"`
 	}
@@ -255,7 +150,7 @@ func indent(s string) string {
 
 // exec runs command in ns/deploy's pod: skiff exec -n NS deploy/NAME -- …
 func (m *mesh) exec(ns, deploy string, command ...string) reply {
-	args := append([]string{"exec", "--state-dir", m.state, "-n", ns, "deploy/" + deploy, "--"}, command...)
+	args := append([]string{"exec", "--state-dir", m.State, "-n", ns, "deploy/" + deploy, "--"}, command...)
 	r := reply{sent: "skiff exec -n " + ns + " deploy/" + deploy + " -- " + shellJoin(command)}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -337,7 +232,7 @@ func stat(admin, name string) (int, error) {
 // logTail is the last lines of a pod's sidecar log (or, without a
 // sidecar, of its containers), for a failure message.
 func (m *mesh) logTail(ns, deploy string) string {
-	dirs, _ := filepath.Glob(filepath.Join(m.state, "logs", ns, deploy+"-*"))
+	dirs, _ := filepath.Glob(filepath.Join(m.State, "logs", ns, deploy+"-*"))
 	var b strings.Builder
 	for _, d := range dirs {
 		files, _ := filepath.Glob(filepath.Join(d, "*.log"))
@@ -357,22 +252,4 @@ func (m *mesh) logTail(ns, deploy string) string {
 		}
 	}
 	return b.String()
-}
-
-// syncBuilder is a strings.Builder safe to read while a process writes it.
-type syncBuilder struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuilder) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuilder) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
 }
