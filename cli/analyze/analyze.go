@@ -16,6 +16,7 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"sigs.k8s.io/yaml"
@@ -150,6 +151,13 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	aopts := analyze.Options{LocalMesh: opts.mesh == "local", NamespaceInjection: opts.mesh == "kubernetes"}
 	if opts.checkInjection != "" {
 		aopts.NamespaceInjection = opts.checkInjection == "true"
+	}
+	if !aopts.LocalMesh {
+		// Warnings about what the local mesh cannot run do not concern a
+		// Kubernetes cluster.
+		schemaErrs = slices.DeleteFunc(schemaErrs, func(e config.ObjectError) bool {
+			return e.Warning && strings.Contains(e.Message, validation.LocalMeshOnly)
+		})
 	}
 	msgs := append(analyze.SchemaMessages(schemaErrs), analyze.Analyze(objs, aopts)...)
 	analyze.Sort(msgs)

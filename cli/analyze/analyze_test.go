@@ -275,3 +275,20 @@ spec:
 		t.Errorf("missing file: exit %d, want 1", code)
 	}
 }
+
+// A container without a command is a local-mesh concern (IST0133 warns
+// that skiff up cannot run it); for a Kubernetes cluster it is normal, so
+// --mesh kubernetes does not report it.
+func TestLocalMeshWarningsOnlyForTheLocalMesh(t *testing.T) {
+	file := filepath.Join(samples, "bookinfo/platform/kube/bookinfo.yaml")
+	for _, tc := range []struct {
+		mesh string
+		want bool
+	}{{"local", true}, {"kubernetes", false}} {
+		var out bytes.Buffer
+		Run(context.Background(), []string{"--mesh", tc.mesh, file}, &out, io.Discard)
+		if got := strings.Contains(out.String(), "[IST0133]"); got != tc.want {
+			t.Errorf("--mesh %s: IST0133 reported %v, want %v:\n%s", tc.mesh, got, tc.want, out.String())
+		}
+	}
+}

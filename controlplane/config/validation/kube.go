@@ -124,7 +124,7 @@ func (v *collector) podSpec(path string, ps *corev1.PodSpec) {
 		// The local mesh runs containers as processes: the image alone
 		// does not say what to run.
 		if len(c.Command) == 0 {
-			v.warn(field(p, "command"), "is empty; the local mesh (skiff up) runs a container's command as a process and will not start this one; Kubernetes runs the image's entrypoint")
+			v.warn(field(p, "command"), "is empty; "+LocalMeshOnly+" runs a container's command as a process and will not start this one; Kubernetes runs the image's entrypoint")
 		}
 		portNames := map[string]bool{}
 		for j, cp := range c.Ports {
@@ -143,3 +143,8 @@ func (v *collector) podSpec(path string, ps *corev1.PodSpec) {
 		}
 	}
 }
+
+// LocalMeshOnly starts the part of a warning that only concerns the local
+// mesh (a container without a command): tools checking manifests for
+// Kubernetes leave such warnings out.
+const LocalMeshOnly = "the local mesh (skiff up)"
