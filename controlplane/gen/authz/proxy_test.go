@@ -1,7 +1,6 @@
 package authz_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
 	"net"
@@ -17,6 +16,7 @@ import (
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/authz"
+
 	// The filters skiff-proxy links in, as dataplane/proxy imports them.
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/jwtauthn"
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/rbac"
@@ -38,9 +38,9 @@ func TestIstioTasksInSkiffProxy(t *testing.T) {
 	// A token whose signature no longer matches its payload.
 	bad := demo[:len(demo)-4] + flip(demo[len(demo)-4:])
 
-	backend := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) }))
-	jwksSrv := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(jwks) }))
-	echo := echoServer(t)
+	backend := proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) }))
+	jwksSrv := proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write(jwks) }))
+	echo := proxytest.TCPEcho(t)
 
 	// Istio's task YAML with the JWKS served by the test behind the
 	// outbound cluster of its host, as a ServiceEntry would provide.
@@ -157,7 +157,7 @@ spec:
 		listener string
 		through  bool
 	}{{"tcp-allow", true}, {"tcp-allow-methods", false}, {"tcp-deny-get", false}, {"tcp-deny-get-9000", true}} {
-		got, err := tcpRoundTrip(p.ListenerAddr(c.listener).String(), "hello\n")
+		got, err := proxytest.TCPRoundTrip(p.ListenerAddr(c.listener).String(), "hello\n")
 		if c.through && (err != nil || got != "hello\n") {
 			t.Errorf("%s: got %q, %v; want the echo", c.listener, got, err)
 		}
@@ -282,52 +282,4 @@ func freePorts(t *testing.T, n int) []int {
 		ln.Close()
 	}
 	return ports
-}
-
-func serve(t *testing.T, h http.Handler) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
-}
-
-// echoServer writes back every line it reads.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-func tcpRoundTrip(addr, line string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, line); err != nil {
-		return "", err
-	}
-	return bufio.NewReader(c).ReadString('\n')
 }

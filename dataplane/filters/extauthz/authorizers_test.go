@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -17,6 +16,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	authv3 "github.com/envoyproxy/go-control-plane/envoy/service/auth/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/skiff-mesh/skiff/internal/testing/proxytest"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -46,7 +46,7 @@ type httpAuthorizer struct {
 func startHTTPAuthorizer(t testing.TB) *httpAuthorizer {
 	t.Helper()
 	a := &httpAuthorizer{}
-	a.addr = serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	a.addr = proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		a.calls.Add(1)
 		a.mu.Lock()
 		a.last = r.Clone(context.Background())
@@ -164,46 +164,11 @@ type seen struct {
 }
 
 func startBackend(t testing.TB) string {
-	return serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	return proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.Copy(io.Discard, r.Body)
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(seen{Method: r.Method, Path: r.URL.RequestURI(), Header: r.Header})
 	}))
-}
-
-func serve(t testing.TB, h http.Handler) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
-}
-
-// echoServer writes back every byte it reads.
-func echoServer(t testing.TB) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
 }
 
 // closedPort is a loopback address nothing listens on.
@@ -216,9 +181,4 @@ func closedPort(t testing.TB) string {
 	addr := ln.Addr().String()
 	ln.Close()
 	return addr
-}
-
-func port(addr string) string {
-	_, p, _ := strings.Cut(addr, ":")
-	return p
 }

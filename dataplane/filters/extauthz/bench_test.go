@@ -17,7 +17,7 @@ import (
 func BenchmarkAllowPath(b *testing.B) {
 	httpAuth, grpcAuth := startHTTPAuthorizer(b), startGRPCAuthorizer(b)
 	cfg := "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\nstatic_resources:\n  clusters:" +
-		staticCluster("backend", serve(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })), false) +
+		staticCluster("backend", proxytest.ServeHTTP(b, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok") })), false) +
 		staticCluster("authz-http", httpAuth.addr, false) +
 		staticCluster("outbound|9000||ext-authz.foo.svc.cluster.local", grpcAuth.addr, true) +
 		"  listeners:" +

@@ -1,10 +1,8 @@
 package extauthz_test
 
 import (
-	"bufio"
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -226,7 +224,7 @@ func staticCluster(name, addr string, h2 bool) string {
     connect_timeout: 1s
     load_assignment:
       cluster_name: "` + name + `"
-      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: ` + port(addr) + `}}}}]}]
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: ` + proxytest.Port(addr) + `}}}}]}]
 `
 	if h2 {
 		s += "    http2_protocol_options: {}\n"
@@ -253,7 +251,7 @@ func start(t *testing.T) *env {
 		client: &http.Client{Timeout: 10 * time.Second}}
 	cfg := "admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}\nstatic_resources:\n  clusters:" +
 		staticCluster("backend", startBackend(t), false) +
-		staticCluster("echo", echoServer(t), false) +
+		staticCluster("echo", proxytest.TCPEcho(t), false) +
 		staticCluster("authz-http", e.httpAuth.addr, false) +
 		staticCluster("outbound|9000||ext-authz.foo.svc.cluster.local", e.grpcAuth.addr, true) +
 		staticCluster("authz-down", closedPort(t), true) +
@@ -407,7 +405,7 @@ func TestGRPCService(t *testing.T) {
 	if a := cr.GetSource().GetAddress().GetSocketAddress(); a.GetAddress() != "127.0.0.1" || a.GetPortValue() == 0 {
 		t.Errorf("source.address = %v, want the client's", a)
 	}
-	if a := cr.GetDestination().GetAddress().GetSocketAddress(); port(e.p.ListenerAddr("grpc_authz").String()) != itoa(a.GetPortValue()) {
+	if a := cr.GetDestination().GetAddress().GetSocketAddress(); proxytest.Port(e.p.ListenerAddr("grpc_authz").String()) != itoa(a.GetPortValue()) {
 		t.Errorf("destination.address = %v, want the listener's", a)
 	}
 
@@ -506,35 +504,22 @@ func TestNetworkFilter(t *testing.T) {
 	e := start(t)
 	addr := e.p.ListenerAddr("tcp").String()
 	e.grpcAuth.allowTCP.Store(true)
-	if got, err := tcpRoundTrip(addr, "hello\n"); err != nil || got != "hello\n" {
+	if got, err := proxytest.TCPRoundTrip(addr, "hello\n"); err != nil || got != "hello\n" {
 		t.Errorf("allowed connection: %q, %v; want the echo", got, err)
 	}
 	cr := e.grpcAuth.lastRequest().GetAttributes()
 	if cr.GetRequest() != nil || cr.GetSource().GetAddress().GetSocketAddress().GetAddress() != "127.0.0.1" ||
-		itoa(cr.GetDestination().GetAddress().GetSocketAddress().GetPortValue()) != port(addr) {
+		itoa(cr.GetDestination().GetAddress().GetSocketAddress().GetPortValue()) != proxytest.Port(addr) {
 		t.Errorf("network check request = %v: want source and destination, no request", cr)
 	}
 	e.grpcAuth.allowTCP.Store(false)
-	if got, err := tcpRoundTrip(addr, "hello\n"); err == nil {
+	if got, err := proxytest.TCPRoundTrip(addr, "hello\n"); err == nil {
 		t.Errorf("denied connection: got %q, want it closed", got)
 	}
 	e.counter(t, "ext_authz.tcp.total", 2)
 	e.counter(t, "ext_authz.tcp.ok", 1)
 	e.counter(t, "ext_authz.tcp.denied", 1)
 	e.counter(t, "ext_authz.tcp.cx_closed", 1)
-}
-
-func tcpRoundTrip(addr, line string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, line); err != nil {
-		return "", err
-	}
-	return bufio.NewReader(c).ReadString('\n')
 }
 
 func itoa(p uint32) string {
@@ -548,10 +533,10 @@ func itoa(p uint32) string {
 func TestNetworkShadowMetadataGate(t *testing.T) {
 	e := start(t)
 	e.grpcAuth.allowTCP.Store(false)
-	if got, err := tcpRoundTrip(e.p.ListenerAddr("tcp-gated").String(), "hello\n"); err == nil {
+	if got, err := proxytest.TCPRoundTrip(e.p.ListenerAddr("tcp-gated").String(), "hello\n"); err == nil {
 		t.Errorf("selected connection: got %q, want it checked and closed", got)
 	}
-	if got, err := tcpRoundTrip(e.p.ListenerAddr("tcp-ungated").String(), "hello\n"); err != nil || got != "hello\n" {
+	if got, err := proxytest.TCPRoundTrip(e.p.ListenerAddr("tcp-ungated").String(), "hello\n"); err != nil || got != "hello\n" {
 		t.Errorf("unselected connection: %q, %v; want the echo without a check", got, err)
 	}
 	e.counter(t, "ext_authz.gated.denied", 1)

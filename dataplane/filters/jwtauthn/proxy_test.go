@@ -5,7 +5,6 @@ package jwtauthn_test
 import (
 	"encoding/json"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -78,19 +77,6 @@ static_resources:
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
 `
 
-// serve runs h on a loopback listener until the test ends.
-func serve(t *testing.T, h http.HandlerFunc) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
-}
-
 func sample(t *testing.T, name string) string {
 	t.Helper()
 	b, err := os.ReadFile("/work/shared/istio-samples/jwt/" + name)
@@ -107,9 +93,9 @@ func sample(t *testing.T, name string) string {
 func TestIstioRequestAuthenticationInSkiffProxy(t *testing.T) {
 	// The backend answers with the jwt_authn metadata the test filter
 	// copied into a request header.
-	backend := serve(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Header.Get("X-Test-Jwt-Metadata")) })
+	backend := proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, r.Header.Get("X-Test-Jwt-Metadata")) }))
 	jwks := sample(t, "jwks.json")
-	idp := serve(t, func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, jwks) })
+	idp := proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, jwks) }))
 	_, bport, _ := strings.Cut(backend, ":")
 	_, jport, _ := strings.Cut(idp, ":")
 	p := proxytest.Start(t, strings.NewReplacer("BACKEND_PORT", bport, "JWKS_PORT", jport).Replace(istioBootstrap))

@@ -3,9 +3,7 @@
 package rbac_test
 
 import (
-	"bufio"
 	"io"
-	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -109,10 +107,10 @@ static_resources:
 `
 
 func TestIstioFiltersInSkiffProxy(t *testing.T) {
-	backend := serve(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) }))
-	echo := echoServer(t)
-	cfg := strings.Replace(istioBootstrap, "BACKEND_PORT", port(backend), 1)
-	cfg = strings.Replace(cfg, "ECHO_PORT", port(echo), 1)
+	backend := proxytest.ServeHTTP(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok "+r.URL.Path) }))
+	echo := proxytest.TCPEcho(t)
+	cfg := strings.Replace(istioBootstrap, "BACKEND_PORT", proxytest.Port(backend), 1)
+	cfg = strings.Replace(cfg, "ECHO_PORT", proxytest.Port(echo), 1)
 	p := proxytest.Start(t, cfg)
 	base := "http://" + p.ListenerAddr("0.0.0.0_8000").String()
 	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
@@ -138,10 +136,10 @@ func TestIstioFiltersInSkiffProxy(t *testing.T) {
 	// The network filter sits before tcp_proxy in the chain: a loopback
 	// peer gets through to the echo server, the other listener closes the
 	// connection before a byte reaches the upstream.
-	if got, err := tcpRoundTrip(p.ListenerAddr("tcp_allowed").String(), "hello\n"); err != nil || got != "hello\n" {
+	if got, err := proxytest.TCPRoundTrip(p.ListenerAddr("tcp_allowed").String(), "hello\n"); err != nil || got != "hello\n" {
 		t.Errorf("tcp_allowed: got %q, %v; want the echo", got, err)
 	}
-	if got, err := tcpRoundTrip(p.ListenerAddr("tcp_denied").String(), "hello\n"); err == nil {
+	if got, err := proxytest.TCPRoundTrip(p.ListenerAddr("tcp_denied").String(), "hello\n"); err == nil {
 		t.Errorf("tcp_denied: got %q; want the connection closed", got)
 	}
 
@@ -159,57 +157,4 @@ func TestIstioFiltersInSkiffProxy(t *testing.T) {
 			t.Errorf("%s = %d, want %d", n, got, w)
 		}
 	}
-}
-
-func serve(t *testing.T, h http.Handler) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: h}
-	go srv.Serve(ln)
-	t.Cleanup(func() { srv.Close() })
-	return ln.Addr().String()
-}
-
-// echoServer writes back every line it reads.
-func echoServer(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	return ln.Addr().String()
-}
-
-func tcpRoundTrip(addr, line string) (string, error) {
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		return "", err
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.WriteString(c, line); err != nil {
-		return "", err
-	}
-	return bufio.NewReader(c).ReadString('\n')
-}
-
-func port(addr string) string {
-	_, p, _ := strings.Cut(addr, ":")
-	return p
 }
