@@ -24,6 +24,8 @@ import (
 // /stats/prometheus on PrometheusAddr when set). The returned func stops
 // them.
 func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
+	p.readyMu.Lock()
+	defer p.readyMu.Unlock()
 	p.admin = admin.New(admin.Options{
 		Store: p.stats, Clusters: p.clusters, Listeners: p.listeners,
 		Config: admin.ConfigSourceFunc(p.configState), Control: p,
@@ -31,16 +33,14 @@ func (p *Proxy) startAdmin(errc chan<- error) (func(), error) {
 		CommandLine: &adminv3.CommandLineOptions{ConfigPath: p.o.ConfigPath,
 			DrainTime: durationpb.New(p.o.DrainTime), ServiceNode: p.o.ServiceNode, ServiceCluster: p.o.ServiceCluster},
 	})
-	if p.xds != nil || p.agent != nil {
-		p.admin.SetInitState(admin.Initializing)
-	}
-	go func() {
-		select {
-		case <-p.ready:
-			p.admin.SetInitState(admin.Initialized)
-		case <-p.closed:
+	select {
+	case <-p.ready:
+		p.admin.SetInitState(admin.Initialized)
+	default:
+		if p.xds != nil || p.agent != nil {
+			p.admin.SetInitState(admin.Initializing)
 		}
-	}()
+	}
 	var stops []func()
 	stop := func() {
 		for _, s := range stops {

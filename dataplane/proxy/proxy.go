@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"sync"
 	"time"
 
 	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
@@ -25,6 +26,7 @@ import (
 	"github.com/skiff-mesh/skiff/dataplane/agent"
 	"github.com/skiff-mesh/skiff/dataplane/bootstrap"
 	"github.com/skiff-mesh/skiff/dataplane/compile"
+
 	// The filters skiff-proxy links: importing a filter's package registers it.
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/extauthz"
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/jwtauthn"
@@ -88,6 +90,7 @@ type Proxy struct {
 	xds       *xdsclient.Client
 	agent     *agent.Agent
 	ready     chan struct{}
+	readyMu   sync.Mutex // orders admin creation and the Initialized state with close(ready)
 	closed    chan struct{}
 	started   time.Time
 	quit      chan struct{}
@@ -171,7 +174,14 @@ func (p *Proxy) waitReady() {
 			return
 		}
 	}
+	// Under readyMu so /ready on the admin API never lags Ready(): a
+	// caller that saw Ready() close gets 200 from /ready at once.
+	p.readyMu.Lock()
+	if p.admin != nil {
+		p.admin.SetInitState(admin.Initialized)
+	}
 	close(p.ready)
+	p.readyMu.Unlock()
 }
 
 // setupXDS creates the ADS client when the bootstrap has dynamic_resources.
