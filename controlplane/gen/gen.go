@@ -36,6 +36,8 @@ type Options struct {
 	DisableAutoMTLS bool
 	// InboundPolicy adds authorization filters to sidecars' inbound chains.
 	InboundPolicy lds.InboundPolicy
+	// Telemetry decorates listeners with metrics, tracing and access logs.
+	Telemetry lds.Telemetry
 	// Logger receives what generation refuses (a Secret a proxy may not
 	// read, a credential that does not parse); nil discards it.
 	Logger *slog.Logger
@@ -53,7 +55,7 @@ type Generator struct {
 func New(o Options) *Generator {
 	return &Generator{
 		clusters:  cds.New(cds.Options{DisableAutoMTLS: o.DisableAutoMTLS}),
-		listeners: lds.New(lds.Options{DisableInboundMTLS: o.DisableAutoMTLS, InboundPolicy: o.InboundPolicy}),
+		listeners: lds.New(lds.Options{DisableInboundMTLS: o.DisableAutoMTLS, InboundPolicy: o.InboundPolicy, Telemetry: o.Telemetry}),
 		secrets:   sds.New(o.Logger),
 	}
 }

@@ -73,6 +73,17 @@ func (f InboundPolicyFunc) InboundFilters(p *xds.Proxy, ix *index.Index, port in
 	return f(p, ix, port)
 }
 
+// Telemetry adds a proxy's observability to its listeners: Istio's
+// metadata exchange and stats filters, tracing and access logs, as the
+// Telemetry API and mesh config set them. Key names what Decorate would
+// do for the proxy (equal keys, equal edits), so listeners are cached by
+// it; Decorate edits listeners just built for this key (never shared
+// ones) in place. Proxyless gRPC clients are not decorated.
+type Telemetry interface {
+	Key(p *xds.Proxy, ix *index.Index) string
+	Decorate(p *xds.Proxy, ix *index.Index, ls []*listenerv3.Listener)
+}
+
 // Options are the mesh settings listener generation depends on.
 type Options struct {
 	// DisableInboundMTLS makes every inbound chain plaintext, as if
@@ -81,6 +92,8 @@ type Options struct {
 	DisableInboundMTLS bool
 	// InboundPolicy, when set, adds policy filters to inbound chains.
 	InboundPolicy InboundPolicy
+	// Telemetry, when set, decorates every listener but proxyless ones.
+	Telemetry Telemetry
 }
 
 // Generator generates listeners with fixed Options. It is safe for
@@ -106,7 +119,7 @@ func Generate(p *xds.Proxy, ix *index.Index) []xds.Resource { return defaultGene
 // messages are shared with other proxies and must not be modified.
 func (g *Generator) Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 	if p.Type == xds.RouterProxy || p.Proxyless || !p.Captured() {
-		key := g.prefix + cacheKey(p, ix)
+		key := g.prefix + cacheKey(p, ix) + g.telemetryKey(p, ix)
 		var policy policyFilters
 		if p.Type == xds.RouterProxy && !p.Proxyless {
 			// A gateway enforces the policies that select its workload
@@ -121,26 +134,45 @@ func (g *Generator) Generate(p *xds.Proxy, ix *index.Index) []xds.Resource {
 			case p.Proxyless:
 				return proxylessListeners(p, ix)
 			case p.Type == xds.RouterProxy:
-				return gatewayListeners(p, ix, policy)
+				return g.decorate(p, ix, gatewayListeners(p, ix, policy))
 			}
 			// Nothing is redirected to this proxy: no capture listeners;
 			// applications reach it as an explicit HTTP proxy, and
 			// Sidecar egress listeners with a port bind where they say.
-			return outboundListeners(p, ix)
+			return g.decorate(p, ix, outboundListeners(p, ix))
 		}))
 	}
 	// A sidecar's outbound listeners are the same for every proxy of a
 	// namespace, its inbound one differs with the workload's ports and
 	// policies: they are cached apart, or 2000 sidecars of 1000 services
 	// would each build the mesh's outbound listeners.
-	out := cachedListeners(ix, g.prefix+cacheKey(p, ix), func() []*listenerv3.Listener { return outboundListeners(p, ix) })
+	tk := g.telemetryKey(p, ix)
+	out := cachedListeners(ix, g.prefix+cacheKey(p, ix)+tk, func() []*listenerv3.Listener {
+		return g.decorate(p, ix, outboundListeners(p, ix))
+	})
 	ic := g.inbound(p, ix)
-	in := cachedListeners(ix, g.prefix+ic.key(), func() []*listenerv3.Listener {
-		return []*listenerv3.Listener{ic.listener()}
+	in := cachedListeners(ix, g.prefix+ic.key()+tk, func() []*listenerv3.Listener {
+		return g.decorate(p, ix, []*listenerv3.Listener{ic.listener()})
 	})
 	all := append(slices.Clone(out), in...)
 	slices.SortFunc(all, func(a, b xds.Resource) int { return strings.Compare(a.Name, b.Name) })
 	return all
+}
+
+// telemetryKey is the cache-key part for the proxy's Telemetry.
+func (g *Generator) telemetryKey(p *xds.Proxy, ix *index.Index) string {
+	if g.o.Telemetry == nil || p.Proxyless {
+		return ""
+	}
+	return "|telemetry:" + g.o.Telemetry.Key(p, ix)
+}
+
+// decorate applies the Telemetry (if any) to freshly built listeners.
+func (g *Generator) decorate(p *xds.Proxy, ix *index.Index, ls []*listenerv3.Listener) []*listenerv3.Listener {
+	if g.o.Telemetry != nil {
+		g.o.Telemetry.Decorate(p, ix, ls)
+	}
+	return ls
 }
 
 func cachedListeners(ix *index.Index, key string, build func() []*listenerv3.Listener) []xds.Resource {
