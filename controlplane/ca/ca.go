@@ -346,7 +346,11 @@ func (c *CA) loadOrMakeSelfSigned() (*state, error) {
 			return nil, err
 		}
 		out := &state{signer: s}
-		if err := c.save(out); err != nil {
+		if err := c.save(out); errors.Is(err, ErrStoreConflict) {
+			// Another replica made the mesh's root first: use theirs.
+			c.log.Info("CA root made by another replica meanwhile; loading it", "where", st.Where(fileCACert))
+			return c.loadSelfSigned()
+		} else if err != nil {
 			return nil, err
 		}
 		c.log.Info("CA made a new self-signed root", "where", st.Where(fileCACert), "key", c.opts.RootKey, "expiry", s.root.NotAfter)
@@ -355,6 +359,20 @@ func (c *CA) loadOrMakeSelfSigned() (*state, error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.parseSelfSigned(files)
+}
+
+// loadSelfSigned loads a root that must be in the store.
+func (c *CA) loadSelfSigned() (*state, error) {
+	files, err := c.opts.Store.Load()
+	if err != nil {
+		return nil, err
+	}
+	return c.parseSelfSigned(files)
+}
+
+func (c *CA) parseSelfSigned(files map[string][]byte) (*state, error) {
+	st := c.opts.Store
 	certs, err := parseCerts(files[fileCACert], st.Where(fileCACert))
 	if err != nil {
 		return nil, err

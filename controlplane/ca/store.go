@@ -18,6 +18,10 @@ const (
 	filePreviousRoots = "previous-roots.pem"
 )
 
+// ErrStoreConflict is wrapped by a Store's Save when another writer got
+// there first (another replica made the root): New then loads theirs.
+var ErrStoreConflict = errors.New("the CA store was written by another replica")
+
 // Store keeps the self-signed root between restarts: a directory in the local
 // mesh, a Secret in Kubernetes. Entries are named by the file names above.
 type Store interface {

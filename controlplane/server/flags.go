@@ -16,7 +16,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.RootNamespace, "root-namespace", "", "namespace whose config applies mesh-wide (default: the mesh config's rootNamespace, istio-system)")
 	fs.StringVar(&o.TrustDomain, "trust-domain", "", "SPIFFE trust domain of workload identities (default: the mesh config's trustDomain, cluster.local); contradicting --meshconfig is an error")
 	fs.StringVar(&o.MeshConfigFile, "meshconfig", "", "`FILE` of Istio's MeshConfig YAML (the istio ConfigMap's mesh key): trustDomain, rootNamespace, extensionProviders, …")
-	fs.StringVar(&o.CADir, "ca-dir", DefaultCADir, "`DIR` keeping the CA's self-signed root (made on first start; relative to the working directory)")
+	fs.StringVar(&o.CADir, "ca-dir", "", "`DIR` keeping the CA's self-signed root (made on first start; relative to the working directory); default "+DefaultCADir+", or in Kubernetes mode the Secret istio-ca-secret of the root namespace")
 	fs.StringVar(&o.CACertsDir, "cacerts-dir", "", "`DIR` in Istio's plugged-in CA layout (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem); used instead of --ca-dir when its files exist, and reloaded when they change")
 	fs.DurationVar(&o.WorkloadCertTTL, "workload-cert-ttl", 24*time.Hour, "validity of workload certificates when the request asks for none (Istio's DEFAULT_WORKLOAD_CERT_TTL)")
 	fs.DurationVar(&o.MaxWorkloadCertTTL, "max-workload-cert-ttl", 90*24*time.Hour, "longest validity a workload may ask for (Istio's MAX_WORKLOAD_CERT_TTL)")
@@ -25,6 +25,8 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "Kubernetes mode: read the mesh from the API server of this kubeconfig `FILE` (\"in-cluster\" in a pod); --config-dir may be given as well")
 	fs.StringVar(&o.WebhookAddr, "webhook-addr", ":15017", "Kubernetes mode: the injection and validation webhooks over TLS (\"\" serves none)")
 	fs.StringVar(&o.WebhookURL, "webhook-url", "", "Kubernetes mode: the https URL the API server calls the webhooks at (default: the istiod Service of the root namespace, port 443)")
+	fs.StringVar(&o.Revision, "revision", "", "Kubernetes mode: this control plane's revision (istio.io/rev); empty is the default revision")
+	fs.StringVar(&o.ProxyImage, "proxy-image", "", "Kubernetes mode: the sidecar image the injector writes (default ghcr.io/skiff-mesh/skiff-proxy:VERSION)")
 	fs.BoolVar(&o.ValidationStatus, "validation-status", false, "Kubernetes mode: write validation messages into Istio objects' status (Istio's PILOT_ENABLE_STATUS)")
 	fs.BoolVar(&o.LocalMesh, "local-mesh", false, "every workload has a sidecar unless it opts out (the local mesh); otherwise the injector's marks decide")
 }

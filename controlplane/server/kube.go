@@ -4,8 +4,13 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"strconv"
+	"strings"
+	"sync"
 	"time"
 
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -19,6 +24,7 @@ import (
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/kube"
 	"github.com/skiff-mesh/skiff/controlplane/gatewayapi"
+	"github.com/skiff-mesh/skiff/controlplane/inject"
 	"github.com/skiff-mesh/skiff/controlplane/kubeca"
 	"github.com/skiff-mesh/skiff/controlplane/webhook"
 )
@@ -65,9 +71,16 @@ func (s *Server) kubeSource() (*kube.Source, *rest.Config, error) {
 	return src, cfg, nil
 }
 
-// runKube starts the status writer and, with the CA on, the webhooks.
+// runKube starts the webhooks (every replica serves them) and competes for
+// the leader Lease; the leader alone writes status, publishes the roots
+// into istio-ca-root-cert and keeps the webhook configurations current.
 func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config, errc chan<- error) error {
-	go func() {
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	var leads []func(context.Context)
+	leads = append(leads, func(ctx context.Context) {
 		err := kube.NewStatusWriter(src, s.store, kube.StatusOptions{
 			ValidationMessages: s.o.ValidationStatus, GatewayAPI: true,
 			Gateway: gatewayapi.Options{DomainSuffix: s.o.DomainSuffix}, Log: s.log,
@@ -75,13 +88,19 @@ func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config
 		if err != nil && ctx.Err() == nil {
 			s.log.Error("status writer stopped", "error", err)
 		}
+	})
+	defer func() {
+		go s.runLeaderElection(ctx, client, func(ctx context.Context) {
+			var wg sync.WaitGroup
+			for _, lead := range leads {
+				wg.Add(1)
+				go func() { defer wg.Done(); lead(ctx) }()
+			}
+			wg.Wait()
+		})
 	}()
 	if s.sec == nil {
 		return nil
-	}
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
 	}
 	// The mesh's roots in every selected namespace's istio-ca-root-cert
 	// ConfigMap, which injected pods mount to verify skiffd.
@@ -89,19 +108,18 @@ func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config
 	if err != nil {
 		return fmt.Errorf("meshConfig.discoverySelectors: %w", err)
 	}
-	rootsChanged, unsub := s.sec.ca.Subscribe()
-	pub, err := kubeca.NewRootCertPublisher(client, kubeca.PublisherOptions{
-		Bundle: s.sec.ca.TrustBundlePEM, Changed: rootsChanged, NamespaceFilter: filter, Log: s.log})
-	if err != nil {
-		unsub()
-		return err
-	}
-	go func() {
+	leads = append(leads, func(ctx context.Context) {
+		rootsChanged, unsub := s.sec.ca.Subscribe()
 		defer unsub()
-		if err := pub.Run(ctx); err != nil && ctx.Err() == nil {
+		pub, err := kubeca.NewRootCertPublisher(client, kubeca.PublisherOptions{
+			Bundle: s.sec.ca.TrustBundlePEM, Changed: rootsChanged, NamespaceFilter: filter, Log: s.log})
+		if err == nil {
+			err = pub.Run(ctx)
+		}
+		if err != nil && ctx.Err() == nil {
 			errc <- fmt.Errorf("root cert publisher: %w", err)
 		}
-	}()
+	})
 	if s.o.WebhookAddr == "" {
 		return nil
 	}
@@ -110,7 +128,11 @@ func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config
 		return err
 	}
 	ns := s.o.RootNamespace
-	dnsNames := []string{"istiod." + ns + ".svc", "istiod." + ns + ".svc." + s.o.DomainSuffix, "skiffd." + ns + ".svc"}
+	istiod := "istiod"
+	if s.o.Revision != "" && s.o.Revision != inject.DefaultRevision {
+		istiod += "-" + s.o.Revision
+	}
+	dnsNames := []string{istiod + "." + ns + ".svc", istiod + "." + ns + ".svc." + s.o.DomainSuffix, "skiffd." + ns + ".svc"}
 	if s.o.WebhookURL != "" {
 		u, err := url.Parse(s.o.WebhookURL)
 		if err != nil || u.Scheme != "https" || u.Hostname() == "" {
@@ -118,8 +140,12 @@ func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config
 		}
 		dnsNames = append(dnsNames, u.Hostname())
 	}
+	injOpts, err := s.injectOptions(client, istiod)
+	if err != nil {
+		return err
+	}
 	wh, err := webhook.New(webhook.Options{
-		Addr: s.o.WebhookAddr, CA: s.sec.ca, DNSNames: dnsNames, Logger: s.log,
+		Addr: s.o.WebhookAddr, CA: s.sec.ca, DNSNames: dnsNames, Logger: s.log, Inject: injOpts,
 		Namespaces: func(name string) (*corev1.Namespace, error) {
 			o := s.store.Snapshot().Get(config.Key{Kind: config.Namespace, Name: name})
 			if o == nil {
@@ -138,17 +164,46 @@ func (s *Server) runKube(ctx context.Context, src *kube.Source, cfg *rest.Config
 			errc <- fmt.Errorf("webhook server: %w", err)
 		}
 	}()
-	changed, cancel := s.sec.ca.Subscribe()
-	go func() {
+	leads = append(leads, func(ctx context.Context) {
+		changed, cancel := s.sec.ca.Subscribe()
 		defer cancel()
 		webhook.Keep(ctx, client, dyn, webhook.ConfigOptions{
-			URL: s.o.WebhookURL, Service: webhook.ServiceRef{Namespace: ns}, Namespace: ns,
+			URL: s.o.WebhookURL, Service: webhook.ServiceRef{Namespace: ns, Name: istiod}, Namespace: ns, Revision: s.o.Revision,
 		}, s.sec.ca.TrustBundlePEM, changed, time.Minute, s.log)
-	}()
+	})
 	return nil
 }
 
-// discoverySelectors converts the mesh config's selectors to Kubernetes'.
+// injectOptions are the injector's settings from skiffd's own: revision,
+// image, trust domain, the CA address of this revision's istiod Service,
+// the mesh config's defaultConfig, and native sidecars when the API server
+// has them (Kubernetes 1.29 and later).
+func (s *Server) injectOptions(client kubernetes.Interface, istiod string) (inject.Options, error) {
+	o := inject.Options{
+		Image: s.o.ProxyImage, Revision: s.o.Revision, TrustDomain: s.o.TrustDomain,
+		CAAddr: istiod + "." + s.o.RootNamespace + ".svc:15012",
+	}
+	if dc := s.o.MeshConfig.GetDefaultConfig(); dc != nil {
+		pc := proto.Clone(dc).(*meshv1alpha1.ProxyConfig)
+		if a := pc.GetDiscoveryAddress(); a == "" || a == "istiod.istio-system.svc:15012" {
+			pc.DiscoveryAddress = o.CAAddr
+		}
+		b, err := protojson.Marshal(pc)
+		if err != nil {
+			return o, fmt.Errorf("meshConfig.defaultConfig: %w", err)
+		}
+		o.ProxyConfig = string(b)
+	}
+	if v, err := client.Discovery().ServerVersion(); err == nil {
+		major, _ := strconv.Atoi(strings.TrimRight(v.Major, "+"))
+		minor, _ := strconv.Atoi(strings.TrimRight(v.Minor, "+"))
+		o.NativeSidecar = major > 1 || (major == 1 && minor >= 29)
+	} else {
+		s.log.Warn("could not read the API server's version; injecting the sidecar as a regular container", "error", err)
+	}
+	return o, nil
+}
+
 func discoverySelectors(in []*meshv1alpha1.LabelSelector) []metav1.LabelSelector {
 	out := make([]metav1.LabelSelector, 0, len(in))
 	for _, sel := range in {

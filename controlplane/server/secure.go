@@ -58,7 +58,11 @@ func newSecure(o *Options) (*secure, error) {
 	if wl > mx {
 		return nil, fmt.Errorf("--workload-cert-ttl %s exceeds --max-workload-cert-ttl %s: lower the first or raise the second", wl, mx)
 	}
-	if o.CADir == "" {
+	// In Kubernetes mode without --ca-dir the root lives in the
+	// istio-ca-secret Secret of the root namespace, as istiod keeps it, so
+	// replicas share it and a rescheduled pod keeps it.
+	secretStore := o.CADir == "" && o.Kubeconfig != ""
+	if o.CADir == "" && !secretStore {
 		o.CADir = DefaultCADir
 	}
 	if o.RootCertOut != "" && filepath.Clean(o.RootCertOut) == filepath.Join(filepath.Clean(o.CADir), "root-cert.pem") {
@@ -90,6 +94,18 @@ func newSecure(o *Options) (*secure, error) {
 	// A proxy renews with the certificate it holds once its bootstrap
 	// credential is gone, as Istio's agents do.
 	auths = append(auths, ca.ClientCertAuthenticator{})
+	var store ca.Store = ca.DirStore{Dir: o.CADir}
+	if secretStore {
+		cfg, err := o.restConfig()
+		if err != nil {
+			return nil, err
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, fmt.Errorf("--kubeconfig: %w", err)
+		}
+		store = kubeca.SecretStore{Client: client, Namespace: o.RootNamespace}
+	}
 	co := ca.Options{
 		TrustDomain: o.TrustDomain, RootKey: o.RootKey,
 		WorkloadCertTTL: wl, MaxWorkloadCertTTL: mx,
@@ -109,13 +125,16 @@ func newSecure(o *Options) (*secure, error) {
 			if _, err := os.Stat(o.CACertsDir); err != nil {
 				log = o.Logger.Warn
 			}
-			log("no plugged-in CA certificates in --cacerts-dir; using the self-signed root of --ca-dir", "cacerts_dir", o.CACertsDir, "ca_dir", o.CADir)
+			log("no plugged-in CA certificates in --cacerts-dir; using the self-signed root", "cacerts_dir", o.CACertsDir, "root_in", store.Where("ca-cert.pem"))
 		}
-		co.Store = ca.DirStore{Dir: o.CADir}
+		co.Store = store
 	}
 	if s.ca, err = ca.New(co); err != nil {
 		if plugged {
 			return nil, fmt.Errorf("--cacerts-dir: %w", err)
+		}
+		if secretStore {
+			return nil, fmt.Errorf("the CA's self-signed root: %w; give skiffd's service account get/create/update on that Secret, or --ca-dir DIR, or --cacerts-dir with Istio's cacerts", err)
 		}
 		return nil, fmt.Errorf("--ca-dir %s: %w; give a directory skiffd can write (the root and its key live there), or --cacerts-dir with Istio's cacerts", o.CADir, err)
 	}

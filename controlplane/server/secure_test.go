@@ -64,6 +64,13 @@ func startSecure(t *testing.T, o server.Options) *secureFixture {
 	if err != nil {
 		t.Fatalf("server.New: %v", err)
 	}
+	return runServer(t, o, srv)
+}
+
+// runServer runs a server made by server.New until the test ends (or stop
+// is called) and waits for it to be ready.
+func runServer(t *testing.T, o server.Options, srv *server.Server) *secureFixture {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()

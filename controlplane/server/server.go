@@ -46,6 +46,17 @@ type Options struct {
 	WebhookAddr      string
 	WebhookURL       string
 	ValidationStatus bool
+	// Revision is this control plane's istio.io/rev ("" = default): its
+	// injector answers only for pods and namespaces of that revision and
+	// its webhook configurations carry the revision's names.
+	Revision string
+	// ProxyImage is the sidecar image the injector writes; the injector's
+	// default (ghcr.io/skiff-mesh/skiff-proxy:VERSION) when empty.
+	ProxyImage string
+	// LeaderElection tunes the Lease that picks the one replica writing
+	// status, publishing istio-ca-root-cert and patching the webhook
+	// configurations; zero values are client-go's usual 15 s / 10 s / 2 s.
+	LeaderElection LeaderElection
 	XDSAddr          string // plaintext ADS, Istio's :15010
 	MonitoringAddr   string // debug and metrics, Istio's :15014
 	DomainSuffix     string // "cluster.local"
@@ -63,7 +74,9 @@ type Options struct {
 	// SecureAddr serves the CA and ADS over TLS, Istio's :15012; "" serves
 	// neither (the plaintext XDSAddr still serves ADS).
 	SecureAddr string
-	// CADir keeps the self-signed root (DefaultCADir when empty).
+	// CADir keeps the self-signed root. When empty: the Secret
+	// istio-ca-secret of the root namespace in Kubernetes mode, else
+	// DefaultCADir.
 	CADir string
 	// CACertsDir is Istio's plugged-in cacerts layout (ca-cert.pem,
 	// ca-key.pem, root-cert.pem, cert-chain.pem); when its files exist it
@@ -160,6 +173,7 @@ type Server struct {
 	rebuilds chan config.Change
 	// webhookAddr is the bound webhook address in Kubernetes mode.
 	webhookAddr net.Addr
+	leader      leader
 }
 
 // New binds skiffd's addresses (so a port in use fails at once, naming the
