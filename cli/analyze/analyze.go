@@ -13,17 +13,22 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path"
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 	"sigs.k8s.io/yaml"
 
 	"github.com/skiff-mesh/skiff/cli/cliflags"
 	"github.com/skiff-mesh/skiff/controlplane/analyze"
 	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/config/kube"
 	"github.com/skiff-mesh/skiff/controlplane/config/validation"
 )
 
@@ -37,9 +42,12 @@ const (
 )
 
 const usage = `usage: skiff analyze [flags] FILE|DIR...
+       skiff analyze --kubeconfig FILE [flags] [FILE|DIR...]
 
-Checks Istio, Gateway API and Kubernetes manifests as istioctl analyze does,
-offline: every *.yaml, *.yml and *.json file under each DIR is read.
+Checks Istio, Gateway API and Kubernetes manifests as istioctl analyze does:
+offline, every *.yaml, *.yml and *.json file under each DIR is read; with
+--kubeconfig, the live cluster's objects too (files then count as applied
+to it).
 Messages carry Istio's codes (IST0101 …). Exit code 79 when a message
 reaches --failure-threshold (log output only, as istioctl), 65 when files
 could not be parsed, 64 on bad usage.
@@ -57,6 +65,8 @@ type options struct {
 	mesh             string
 	checkInjection   string
 	ignoreUnknown    bool
+	kubeconfig       string
+	kubeTimeout      time.Duration
 }
 
 type levelFlag struct{ l *analyze.Level }
@@ -106,6 +116,8 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	fs.StringVar(&opts.mesh, "mesh", "local", "what runs the files: local (skiff up: built-in ingress gateway, sidecars everywhere) or kubernetes (only what the files declare)")
 	fs.StringVar(&opts.checkInjection, "check-injection", "", "report namespaces without istio-injection (IST0102): true or false (default: true for --mesh kubernetes, false for local)")
+	fs.StringVar(&opts.kubeconfig, "kubeconfig", "", "also analyze the live cluster of this kubeconfig `FILE` (as istioctl analyze does by default): every Istio, Gateway API and Kubernetes object skiffd would read; files given as well are analyzed as if applied to it")
+	fs.DurationVar(&opts.kubeTimeout, "timeout", 30*time.Second, "how long reading the live cluster may take")
 	fs.BoolVar(&opts.ignoreUnknown, "ignore-unknown", false, "do not count documents that cannot be parsed, or of kinds Skiff does not read, as failures")
 	var recursive bool
 	for _, n := range []string{"R", "recursive"} {
@@ -141,7 +153,17 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "skiff analyze: %v\n", err)
 		return exitError
 	}
-	objs, schemaErrs, parseErrs := load(files)
+	store := config.NewStore(validation.Validate, nil)
+	if opts.kubeconfig != "" {
+		// A cluster is what the analysis is about: Kubernetes rules apply.
+		opts.mesh = "kubernetes"
+		if err := loadCluster(ctx, store, opts.kubeconfig, opts.kubeTimeout); err != nil {
+			fmt.Fprintf(stderr, "skiff analyze: %v\n", err)
+			return exitError
+		}
+		targets = append([]string{"cluster " + opts.kubeconfig}, targets...)
+	}
+	objs, schemaErrs, parseErrs := load(store, files)
 	for _, e := range parseErrs {
 		if !opts.ignoreUnknown {
 			fmt.Fprintf(stderr, "Error adding file: %v\n", e.Error())
@@ -231,8 +253,8 @@ func (o *options) check(targets []string) error {
 	if o.allNamespaces && o.namespace != "" {
 		return fmt.Errorf("-A and -n %s together: choose one", o.namespace)
 	}
-	if len(targets) == 0 {
-		return errors.New("no files given: name the manifest files or directories to analyze (skiff analyze FILE|DIR...)")
+	if len(targets) == 0 && o.kubeconfig == "" {
+		return errors.New("nothing to analyze: name the manifest files or directories (skiff analyze FILE|DIR...), or a cluster with --kubeconfig FILE")
 	}
 	return nil
 }
@@ -288,8 +310,7 @@ func gather(targets []string, stderr io.Writer) ([]string, error) {
 // load decodes and validates the files as skiffd's file source and store
 // do, and returns the objects in force, the schema problems to report as
 // messages, and the documents that could not be parsed at all.
-func load(files []string) (objs []*config.Object, schema, parse []config.ObjectError) {
-	store := config.NewStore(validation.Validate, nil)
+func load(store *config.Store, files []string) (objs []*config.Object, schema, parse []config.ObjectError) {
 	for _, f := range files {
 		data, err := os.ReadFile(f)
 		if err != nil {
@@ -394,4 +415,41 @@ func print(w io.Writer, format string, ms []analyze.Message) error {
 	}
 	_, err = fmt.Fprintln(w, strings.TrimRight(string(out), "\n"))
 	return err
+}
+
+// loadCluster reads everything skiffd's Kubernetes source reads from the
+// cluster into store, once: the same informers, kinds, decoding and
+// validation, stopped as soon as every kind is listed.
+func loadCluster(ctx context.Context, store *config.Store, kubeconfig string, timeout time.Duration) error {
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return fmt.Errorf("--kubeconfig %s: %w", kubeconfig, err)
+	}
+	cfg.UserAgent = "skiff-analyze"
+	cfg.QPS, cfg.Burst = 100, 200 // one list per kind, at once
+	// client-go logs through klog to stderr; the report is all a user
+	// should see.
+	klog.SetSlogLogger(slog.New(slog.DiscardHandler))
+	src, err := kube.New(cfg, kube.Options{GatewaySecretsOnly: true})
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- src.Run(ctx, store) }()
+	select {
+	case <-src.Synced():
+		cancel()
+		<-done
+		return nil
+	case err := <-done:
+		if err == nil {
+			err = ctx.Err()
+		}
+		return err
+	case <-ctx.Done():
+		<-done
+		return fmt.Errorf("reading the cluster of %s: not every kind was listed within --timeout %s; check that the API server answers (kubectl get ns)", kubeconfig, timeout)
+	}
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 
 	"github.com/skiff-mesh/skiff/controlplane/analyze"
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/config/validation"
 )
 
 const samples = "../../../shared/istio-samples"
@@ -31,7 +33,7 @@ func analyzeFiles(t *testing.T, opts analyze.Options, files ...string) []analyze
 	if err != nil {
 		t.Fatal(err)
 	}
-	objs, schema, parse := load(files)
+	objs, schema, parse := load(config.NewStore(validation.Validate, nil), files)
 	if len(parse) > 0 {
 		t.Fatalf("samples do not parse: %v", parse)
 	}

@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strconv"
 	"strings"
@@ -20,6 +21,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/kube"
@@ -42,12 +44,14 @@ func (o *Options) restConfig() (*rest.Config, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--kubeconfig in-cluster: %w", err)
 		}
+		withClientDefaults(cfg, o.Logger)
 		return cfg, nil
 	}
 	cfg, err := clientcmd.BuildConfigFromFlags("", o.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("--kubeconfig %s: %w", o.Kubeconfig, err)
 	}
+	withClientDefaults(cfg, o.Logger)
 	return cfg, nil
 }
 
@@ -216,4 +220,16 @@ func discoverySelectors(in []*meshv1alpha1.LabelSelector) []metav1.LabelSelector
 		out = append(out, ls)
 	}
 	return out
+}
+
+// withClientDefaults raises client-go's request rate limits to istiod's
+// (its initial lists of ~30 kinds would otherwise wait on the 5 qps
+// default) and sends client-go's klog output to skiffd's log.
+func withClientDefaults(cfg *rest.Config, log *slog.Logger) {
+	if cfg.QPS == 0 {
+		cfg.QPS, cfg.Burst = 100, 200
+	}
+	if log != nil {
+		klog.SetSlogLogger(log.With("component", "client-go"))
+	}
 }

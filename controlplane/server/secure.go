@@ -8,12 +8,15 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/status"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/skiff-mesh/skiff/controlplane/ca"
@@ -43,6 +46,7 @@ type secure struct {
 	serving *ca.ServingCert
 	tokens  *ca.TokensFile // nil without --bootstrap-tokens
 	reg     *prometheus.Registry
+	auth    ca.Authenticator // the CA's: bootstrap tokens, TokenReview, client certificates
 }
 
 // newSecure makes the CA (plugged-in cacerts when present, else the
@@ -104,13 +108,14 @@ func newSecure(o *Options) (*secure, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--kubeconfig: %w", err)
 		}
-		store = kubeca.SecretStore{Client: client, Namespace: o.RootNamespace}
+		store = &kubeca.SecretStore{Client: client, Namespace: o.RootNamespace}
 	}
 	co := ca.Options{
 		TrustDomain: o.TrustDomain, RootKey: o.RootKey,
 		WorkloadCertTTL: wl, MaxWorkloadCertTTL: mx,
 		Authenticator: ca.FirstOf(auths...), Registry: s.reg, Logger: o.Logger,
 	}
+	s.auth = co.Authenticator
 	plugged, err := hasPluggedCerts(o.CACertsDir)
 	if err != nil {
 		return nil, err
@@ -195,6 +200,7 @@ func (s *secure) close() {
 func (s *secure) run(ctx context.Context, o *Options, ads *xds.Server, errc chan<- error) *grpc.Server {
 	g := grpc.NewServer(append(xds.GRPCServerOptions(),
 		grpc.Creds(credentials.NewTLS(s.serving.TLSConfig())),
+		grpc.StreamInterceptor(s.authenticateADS),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}))...)
 	ads.Register(g)
 	s.ca.Register(g)
@@ -249,4 +255,44 @@ func writeFileAtomic(path string, b []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(f.Name(), path)
+}
+
+// authenticateADS makes xDS over 15012 authenticated, as istiod's is: the
+// caller shows the credential the CA accepts (its service-account token,
+// the local mesh's bootstrap token, or a workload certificate), and the
+// identity rides in the stream's context for authorizeProxy. Other
+// methods (the CA's own) authenticate themselves.
+func (s *secure) authenticateADS(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if !strings.HasPrefix(info.FullMethod, "/envoy.service.discovery.v3.AggregatedDiscoveryService/") {
+		return handler(srv, ss)
+	}
+	id, err := s.auth.Authenticate(ss.Context())
+	if err != nil {
+		return status.Errorf(codes.Unauthenticated, "xDS on the secure port needs the workload's credential (authorization: Bearer <service-account token>, or its mesh certificate): %v", err)
+	}
+	return handler(srv, &identityStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), identityKey{}, id)})
+}
+
+type identityKey struct{}
+
+type identityStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s *identityStream) Context() context.Context { return s.ctx }
+
+// authorizeProxy lets an authenticated caller be only a proxy of its own
+// namespace (istiod's check): a token for namespace A cannot fetch the
+// config, and the gateway secrets, of a proxy in namespace B. Streams on
+// the plaintext port carry no identity and are not checked here.
+func authorizeProxy(ctx context.Context, p *xds.Proxy) error {
+	id, ok := ctx.Value(identityKey{}).(ca.Identity)
+	if !ok {
+		return nil
+	}
+	if p.Namespace != id.Namespace {
+		return status.Errorf(codes.PermissionDenied, "proxy %s claims namespace %q but its credential is for %s: a proxy may only ask for the config of its own namespace", p.ID, p.Namespace, id.SPIFFEID())
+	}
+	return nil
 }

@@ -273,23 +273,36 @@ func TestSecureServesCAAndADS(t *testing.T) {
 		t.Errorf("/metrics citadel_server_root_cert_expiry_timestamp = %v, want the root's expiry", m["citadel_server_root_cert_expiry_timestamp"])
 	}
 
-	// ADS over the same TLS port.
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
+	// ADS over the same TLS port: only with the workload's credential, and
+	// only as a proxy of the credential's namespace.
+	ads := func(token, namespace string) (*discoveryv3.DiscoveryResponse, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if token != "" {
+			ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+token)
+		}
+		stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+		if err != nil {
+			return nil, err
+		}
+		md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": namespace, "SERVICE_ACCOUNT": "reviews", "LABELS": map[string]any{"app": "reviews"}})
+		if err := stream.Send(&discoveryv3.DiscoveryRequest{
+			Node:    &corev3.Node{Id: "sidecar~127.10.0.5~reviews-1." + namespace + "~" + namespace + ".svc.cluster.local", Cluster: "reviews." + namespace, Metadata: md},
+			TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+		}); err != nil {
+			return nil, err
+		}
+		return stream.Recv()
 	}
-	md, _ := structpb.NewStruct(map[string]any{"NAMESPACE": "default", "SERVICE_ACCOUNT": "reviews", "LABELS": map[string]any{"app": "reviews"}})
-	if err := stream.Send(&discoveryv3.DiscoveryRequest{
-		Node:    &corev3.Node{Id: "sidecar~127.10.0.5~reviews-1.default~default.svc.cluster.local", Cluster: "reviews.default", Metadata: md},
-		TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster",
-	}); err != nil {
-		t.Fatal(err)
+	if _, err := ads("", "default"); status.Code(err) != codes.Unauthenticated {
+		t.Errorf("ADS over 15012 without a credential: %v, want Unauthenticated", err)
 	}
-	resp, err := stream.Recv()
+	if _, err := ads(tokA, "shop"); status.Code(err) != codes.PermissionDenied || !strings.Contains(err.Error(), "its own namespace") {
+		t.Errorf("ADS over 15012 as a proxy of shop with a default/reviews token: %v, want PermissionDenied", err)
+	}
+	resp, err := ads(tokA, "default")
 	if err != nil {
-		t.Fatalf("ADS over 15012: %v", err)
+		t.Fatalf("ADS over 15012 with the pod's token: %v", err)
 	}
 	if resp.GetTypeUrl() != "type.googleapis.com/envoy.config.cluster.v3.Cluster" || resp.GetNonce() == "" {
 		t.Errorf("ADS over 15012 answered %s nonce %q, want a CDS response", resp.GetTypeUrl(), resp.GetNonce())

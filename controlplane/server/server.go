@@ -57,9 +57,9 @@ type Options struct {
 	// status, publishing istio-ca-root-cert and patching the webhook
 	// configurations; zero values are client-go's usual 15 s / 10 s / 2 s.
 	LeaderElection LeaderElection
-	XDSAddr          string // plaintext ADS, Istio's :15010
-	MonitoringAddr   string // debug and metrics, Istio's :15014
-	DomainSuffix     string // "cluster.local"
+	XDSAddr        string // plaintext ADS, Istio's :15010
+	MonitoringAddr string // debug and metrics, Istio's :15014
+	DomainSuffix   string // "cluster.local"
 	// RootNamespace and TrustDomain: "" takes the mesh config's (Istio's
 	// defaults istio-system and cluster.local); a value that contradicts
 	// the mesh config is an error.
@@ -201,7 +201,7 @@ func New(o Options) (*Server, error) {
 		}
 		return out
 	})
-	s.xds = xds.New(xds.Options{Generator: s.gen, Logger: o.Logger})
+	s.xds = xds.New(xds.Options{Generator: s.gen, Authorize: authorizeProxy, Logger: o.Logger})
 	var err error
 	if s.xdsLn, err = net.Listen("tcp", o.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", o.XDSAddr, err)

@@ -54,7 +54,12 @@ type Options struct {
 	// and resyncs. Zero waits for ever, as Istio does by default: a stuck
 	// proxy then only holds up itself.
 	SendTimeout time.Duration
-	Logger      *slog.Logger
+	// Authorize, when set, decides whether the stream's caller may be the
+	// proxy its node describes (skiffd's 15012 checks the credential's
+	// namespace); an error ends the stream with it (a gRPC status error is
+	// passed through, anything else becomes PermissionDenied).
+	Authorize func(ctx context.Context, p *Proxy) error
+	Logger    *slog.Logger
 }
 
 // Server is the ADS server. Create it with New, Register it on a gRPC
@@ -284,6 +289,15 @@ func serve[Req any, Resp any](s *Server, stream grpc.BidiStreamingServer[Req, Re
 	proxy, err := ParseNode(h.node(first))
 	if err != nil {
 		return status.Error(codes.InvalidArgument, err.Error())
+	}
+	if s.opts.Authorize != nil {
+		if err := s.opts.Authorize(ctx, proxy); err != nil {
+			s.log.Warn("proxy refused", "proxy", proxy.ID, "error", err)
+			if _, ok := status.FromError(err); ok {
+				return err
+			}
+			return status.Error(codes.PermissionDenied, err.Error())
+		}
 	}
 	c := &conn{
 		s:           s,

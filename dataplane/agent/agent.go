@@ -424,6 +424,10 @@ func (a *Agent) caRoots() (*x509.CertPool, error) {
 	return pool, nil
 }
 
+// Token is the bearer credential the agent shows the CA, read afresh ("" when
+// it has none). The proxy shows the same one to skiffd's secure xDS port.
+func (a *Agent) Token() (string, error) { return a.token() }
+
 // token reads the bearer credential afresh, so a replaced file takes effect.
 func (a *Agent) token() (string, error) {
 	if a.o.TokenPath == "" {

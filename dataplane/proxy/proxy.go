@@ -205,14 +205,19 @@ func (p *Proxy) setupXDS() error {
 		}
 		creds = credentials.NewTLS(tc)
 	}
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(creds)}
+	if p.agent != nil && cl.GetTransportSocket() != nil {
+		// skiffd's secure port wants the workload's credential on xDS as
+		// on the CA (istiod's XDS_AUTH): the agent's token, read per call.
+		opts = append(opts, grpc.WithPerRPCCredentials(agentToken{p.agent}))
+	}
 	dial := func(ctx context.Context) (*grpc.ClientConn, error) {
-		return grpc.NewClient("passthrough:///"+addr,
-			grpc.WithTransportCredentials(creds),
+		return grpc.NewClient("passthrough:///"+addr, append(opts,
 			grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 			grpc.WithContextDialer(func(ctx context.Context, a string) (net.Conn, error) {
 				var d net.Dialer
 				return d.DialContext(ctx, "tcp", a)
-			}))
+			}))...)
 	}
 	p.xds = xdsclient.New(xdsclient.Config{Dial: dial, Node: p.node, Delta: bootstrap.UsesDelta(p.boot), Handler: p.cfg, Logger: p.log})
 	p.cfg.SetSubscriber(p.xds)
@@ -316,3 +321,16 @@ func (p *Proxy) Ready() <-chan struct{} { return p.ready }
 
 // Agent is the identity agent, nil when it is off.
 func (p *Proxy) Agent() *agent.Agent { return p.agent }
+
+// agentToken shows the identity agent's bearer token on each xDS call.
+type agentToken struct{ a *agent.Agent }
+
+func (t agentToken) GetRequestMetadata(context.Context, ...string) (map[string]string, error) {
+	tok, err := t.a.Token()
+	if err != nil || tok == "" {
+		return nil, err
+	}
+	return map[string]string{"authorization": "Bearer " + tok}, nil
+}
+
+func (agentToken) RequireTransportSecurity() bool { return true }
