@@ -40,6 +40,8 @@ type resource struct {
 // /clusters instead, which also carries their health.
 type configDump struct {
 	clusters, listeners, routes, secrets []resource
+	// endpoints are there only when the dump was asked with include_eds.
+	endpoints []resource
 }
 
 // lenient resolves the type of every Any in a dump. A type this binary
@@ -185,6 +187,15 @@ func (d *configDump) add(sec proto.Message) error {
 		}
 		for _, r := range s.GetDynamicRouteConfigs() {
 			u.add(r.GetRouteConfig(), "ACTIVE", false, updatedAt(r.GetLastUpdated()), "")
+		}
+		return u.err
+	case *adminv3.EndpointsConfigDump:
+		u := &unpacker{kind: "cluster_load_assignment", out: &d.endpoints}
+		for _, e := range s.GetStaticEndpointConfigs() {
+			u.add(e.GetEndpointConfig(), "ACTIVE", true, updatedAt(e.GetLastUpdated()), "")
+		}
+		for _, e := range s.GetDynamicEndpointConfigs() {
+			u.add(e.GetEndpointConfig(), "ACTIVE", false, updatedAt(e.GetLastUpdated()), "")
 		}
 		return u.err
 	case *adminv3.SecretsConfigDump:

@@ -16,6 +16,7 @@ import (
 	"github.com/skiff-mesh/skiff/cli/inspect"
 	"github.com/skiff-mesh/skiff/cli/kubeinject"
 	"github.com/skiff-mesh/skiff/cli/mesh"
+	"github.com/skiff-mesh/skiff/cli/why"
 	"github.com/skiff-mesh/skiff/localmesh"
 )
 
@@ -46,6 +47,7 @@ Kubernetes:
 Inspecting proxies:
   proxy-status [POD]                       sync state of every proxy (ps)
   proxy-config TYPE POD[.NAMESPACE]        listeners|routes|clusters|endpoints|secret|all (pc)
+  why SOURCE DEST[:PORT][/PATH]            replay one request: listener, route, cluster, endpoints, mTLS, authorization
 
   version              print the version
 
@@ -86,6 +88,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return kubeinject.Run(ctx, rest, os.Stdin, stdout, stderr)
 	case mesh.SkiffdVerb: // hidden: the skiffd skiff up runs when no skiffd binary is at hand
 		return mesh.Skiffd(ctx, rest, stdout, stderr)
+	case "why":
+		return why.Run(ctx, rest, stdout, stderr)
 	case "proxy-status", "ps", "proxy-config", "pc":
 		stateDir, rest := stateDirArg(args)
 		return inspect.Run(ctx, rest, inspectEnv(stateDir), stdout, stderr)

@@ -257,25 +257,34 @@ func sortedSets(m map[int]map[string]*vhost) []wildcardSet {
 // configured) and the first matching route. It returns nil when none
 // matches; the caller answers 404 with flag NR.
 func (t *Table) Select(r *http.Request) *Entry {
+	e, _ := t.SelectIndex(r)
+	return e
+}
+
+// SelectIndex is Select that also returns the index of the matched route
+// in its virtual host's routes (-1 for the require_tls redirect or no
+// match), so tools that explain a dumped config (skiff why) can name the
+// route it came from.
+func (t *Table) SelectIndex(r *http.Request) (*Entry, int) {
 	v := t.findVhost(t.host(r))
 	if v == nil {
-		return nil
+		return nil, -1
 	}
 	if v.tlsRedir != nil && !isTLS(r) {
 		if v.requireTLS == routev3.VirtualHost_ALL || r.Header.Get("X-Envoy-Internal") != "true" {
-			return v.tlsRedir
+			return v.tlsRedir, -1
 		}
 	}
 	path := requestPath(r)
 	if t.ignorePathParams && strings.IndexByte(path, ';') >= 0 {
 		path = stripPathParams(path)
 	}
-	for _, cr := range v.routes {
+	for i, cr := range v.routes {
 		if cr.match.match(r, path) {
-			return cr.entry
+			return cr.entry, i
 		}
 	}
-	return nil
+	return nil, -1
 }
 
 func (t *Table) host(r *http.Request) string {
