@@ -69,6 +69,8 @@ type Options struct {
 	// Logger receives the supervisor's log (its reading of DIR); nil
 	// discards. skiffd's own goes to STATE/logs/skiffd.log.
 	Logger *slog.Logger
+	// Prometheus, when set, runs Prometheus scraping the mesh (prometheus.go).
+	Prometheus *PrometheusOptions
 }
 
 func (o *Options) defaults() error {
@@ -317,6 +319,13 @@ func Run(ctx context.Context, o Options) error {
 	api := &http.Server{Handler: m.apiHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go api.Serve(apiLn)
 	defer api.Close()
+	if o.Prometheus != nil {
+		stopPrometheus, err := m.startPrometheus(context.WithoutCancel(ctx), *o.Prometheus)
+		if err != nil {
+			return err
+		}
+		defer stopPrometheus()
+	}
 
 	runCtx, stopPods := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopPods()

@@ -12,6 +12,7 @@ command -v etcd >/dev/null 2>&1 || need+=(etcd-server) # internal/testing/kubete
 # test/bookinfo drives headless Chromium through chromedriver.
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+command -v prometheus >/dev/null 2>&1 || need+=(prometheus) # test/dashboard, skiff up --prometheus
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "== installing ${need[*]}"

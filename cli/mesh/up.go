@@ -9,6 +9,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/skiff-mesh/skiff/localmesh"
 )
@@ -25,6 +26,9 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	gwPort := fs.Int("gateway-port", 8080, "loopback port forwarded to the ingress gateway; 0 picks a free one")
 	capture := fs.String("capture", localmesh.CaptureAuto, "traffic capture: auto (netns as root on Linux, else loopback), loopback or netns")
 	meshConfig := fs.String("meshconfig", "", "Istio MeshConfig YAML for skiffd (trustDomain, extensionProviders for CUSTOM authorization, …); default Istio's defaults")
+	prom := fs.Bool("prometheus", false, "also run Prometheus (Debian's prometheus binary) scraping every pod's proxy, with its data in STATE_DIR/prometheus; skiff dashboard then reads it")
+	promAddr := fs.String("prometheus-addr", localmesh.DefaultPrometheusAddr, "Prometheus's listen address with --prometheus (port 0 picks a free one)")
+	promInterval := fs.Duration("prometheus-scrape-interval", 5*time.Second, "Prometheus's scrape interval with --prometheus")
 	logLevel := fs.String("log-level", "info", "skiffd's log level (debug, info, warn, error), written to STATE_DIR/logs/skiffd.log")
 	pos, err := parse(fs, args)
 	if err != nil {
@@ -69,6 +73,10 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	}
 	defer logf.Close()
 
+	var promOpts *localmesh.PrometheusOptions
+	if *prom {
+		promOpts = &localmesh.PrometheusOptions{Addr: *promAddr, ScrapeInterval: *promInterval}
+	}
 	// The skiffd built into this executable, for when no skiffd binary is
 	// next to it or in PATH.
 	var builtin []string
@@ -82,6 +90,7 @@ func Up(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		GatewayPort: *gwPort, Capture: *capture, Progress: stdout, LogLevel: *logLevel, MeshConfig: *meshConfig,
 		BuiltinSkiffd: builtin,
 		Logger:        slog.New(slog.NewTextHandler(logf, &slog.HandlerOptions{Level: level})),
+		Prometheus:    promOpts,
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "skiff up:", err)

@@ -13,6 +13,7 @@ import (
 	cliinstall "github.com/skiff-mesh/skiff/cli/install"
 
 	"github.com/skiff-mesh/skiff/cli/analyze"
+	clidashboard "github.com/skiff-mesh/skiff/cli/dashboard"
 	"github.com/skiff-mesh/skiff/cli/inspect"
 	"github.com/skiff-mesh/skiff/cli/kubeinject"
 	"github.com/skiff-mesh/skiff/cli/mesh"
@@ -47,6 +48,7 @@ Kubernetes:
 Inspecting proxies:
   proxy-status [POD]                       sync state of every proxy (ps)
   proxy-config TYPE POD[.NAMESPACE]        listeners|routes|clusters|endpoints|secret|all (pc)
+  dashboard [--port N] [--prometheus URL]  the mesh dashboard: service graph, golden signals, config, sync state
   why SOURCE DEST[:PORT][/PATH]            replay one request: listener, route, cluster, endpoints, mTLS, authorization
 
   version              print the version
@@ -84,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return cliinstall.Run(ctx, args[0], rest, stdout, stderr)
 	case "analyze":
 		return analyze.Run(ctx, rest, stdout, stderr)
+	case "dashboard":
+		return clidashboard.Run(ctx, rest, stdout, stderr)
 	case "kube-inject":
 		return kubeinject.Run(ctx, rest, os.Stdin, stdout, stderr)
 	case mesh.SkiffdVerb: // hidden: the skiffd skiff up runs when no skiffd binary is at hand

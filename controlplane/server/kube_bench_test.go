@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -41,7 +42,7 @@ func BenchmarkKubernetesModeMemory(b *testing.B) {
 		}
 		ctx, cancel := context.WithCancel(context.Background())
 		done := make(chan error, 1)
-		start := time.Now()
+		start, cpu0 := time.Now(), cpuSeconds()
 		go func() { done <- srv.Run(ctx) }()
 		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(100 * time.Millisecond) {
 			snap := srv.Store().Snapshot()
@@ -54,6 +55,11 @@ func BenchmarkKubernetesModeMemory(b *testing.B) {
 		}
 		synced := time.Since(start)
 		time.Sleep(2 * time.Second) // the rebuild that follows the last change
+		syncCPU := cpuSeconds() - cpu0
+		// Steady state: the informers' watches open, nothing changing.
+		cpu1 := cpuSeconds()
+		time.Sleep(10 * time.Second)
+		idle := (cpuSeconds() - cpu1) / 10
 		runtime.GC()
 		var after runtime.MemStats
 		runtime.ReadMemStats(&after)
@@ -61,7 +67,9 @@ func BenchmarkKubernetesModeMemory(b *testing.B) {
 		b.ReportMetric(heap, "skiffd-heap-MiB")
 		b.ReportMetric(rssMiB(), "process-RSS-MiB")
 		b.ReportMetric(synced.Seconds(), "sync-s")
-		b.Logf("synced in %v: skiffd heap %.1f MiB, process RSS %.1f MiB", synced.Round(time.Millisecond), heap, rssMiB())
+		b.ReportMetric(syncCPU, "sync-CPU-s")
+		b.ReportMetric(idle*1000, "idle-mCPU")
+		b.Logf("synced in %v using %.2f CPU s: skiffd heap %.1f MiB, process RSS %.1f MiB; then %.1f mCPU idle", synced.Round(time.Millisecond), syncCPU, heap, rssMiB(), idle*1000)
 		cancel()
 		<-done
 	}
@@ -79,4 +87,14 @@ func rssMiB() float64 {
 		}
 	}
 	return 0
+}
+
+// cpuSeconds is this process's user+system CPU time so far (skiffd runs in
+// it; the API server and etcd are other processes).
+func cpuSeconds() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

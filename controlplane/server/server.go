@@ -27,6 +27,7 @@ import (
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/file"
 	"github.com/skiff-mesh/skiff/controlplane/config/validation"
+	"github.com/skiff-mesh/skiff/controlplane/dashboard"
 	"github.com/skiff-mesh/skiff/controlplane/debug"
 	"github.com/skiff-mesh/skiff/controlplane/gatewayapi"
 	"github.com/skiff-mesh/skiff/controlplane/gen"
@@ -191,6 +192,7 @@ func New(o Options) (*Server, error) {
 		// with its CA on; enableAutoMtls in the mesh config turns it off.
 		DisableAutoMTLS: o.SecureAddr == "" || (o.MeshConfig.GetEnableAutoMtls() != nil && !o.MeshConfig.GetEnableAutoMtls().GetValue()),
 		InboundPolicy:   inboundPolicy(o.MeshConfig, o.Logger),
+		Telemetry:       listenerTelemetry(o.MeshConfig, o.Logger),
 		Logger:          o.Logger,
 	}), rebuilds: make(chan config.Change, 1)}
 	s.store = config.NewStore(validation.Validate, o.Logger)
@@ -333,6 +335,7 @@ func (s *Server) Run(ctx context.Context) error {
 		XDS: s.xds, Configz: s.configz, Ready: s.readyErr,
 		Metrics: gatherers,
 	}))
+	mux.Handle("/dashboard/", dashboard.ForSkiffd(ctx, dashboard.StoreConfig(s.store), func() any { return s.xds.Status() }))
 	// Go's profiler, for the scale work (istiod serves it on 15014 too).
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)

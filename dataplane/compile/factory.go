@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
@@ -23,6 +24,7 @@ type ChainFactory struct {
 	Routes   *hcm.RouteRegistry
 	Stats    *stats.Store
 	Logger   *slog.Logger
+	Node     *corev3.Node // this proxy's node, for filters that report it
 }
 
 // NetworkFilters implements listener.ChainFactory. The last filter is the
@@ -49,17 +51,18 @@ func (f *ChainFactory) NetworkFilters(l *listenerv3.Listener, fc *listenerv3.Fil
 		case tcpProxyType:
 			return nil, fmt.Errorf("%s: tcp_proxy is a terminal filter and must be last", where)
 		}
-		fac := listener.LookupNetworkFilter(tc.GetTypeUrl())
+		fac := listener.LookupNetworkFilter(core.ConfigType(tc))
 		if fac == nil {
 			return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy, rbac, ext_authz)", where, tc.GetTypeUrl())
 		}
-		w, err := fac(listener.NetworkFilterConfig{Name: nf.GetName(), TypedConfig: tc, Stats: f.Stats, Logger: f.Logger, Clusters: f.Clusters})
+		w, err := fac(listener.NetworkFilterConfig{Name: nf.GetName(), TypedConfig: tc, Stats: f.Stats, Logger: f.Logger, Clusters: f.Clusters,
+			Direction: l.GetTrafficDirection(), Node: f.Node})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
 		wrappers = append(wrappers, w)
 	}
-	h, err := f.terminal(len(filters)-1, filters[len(filters)-1])
+	h, err := f.terminal(l, len(filters)-1, filters[len(filters)-1])
 	if err != nil {
 		return nil, err
 	}
@@ -70,7 +73,7 @@ func (f *ChainFactory) NetworkFilters(l *listenerv3.Listener, fc *listenerv3.Fil
 }
 
 // terminal builds the chain's last filter.
-func (f *ChainFactory) terminal(i int, nf *listenerv3.Filter) (core.ConnHandler, error) {
+func (f *ChainFactory) terminal(l *listenerv3.Listener, i int, nf *listenerv3.Filter) (core.ConnHandler, error) {
 	where := fmt.Sprintf("filters[%d] %q", i, nf.GetName())
 	tc := nf.GetTypedConfig()
 	if tc == nil {
@@ -82,7 +85,8 @@ func (f *ChainFactory) terminal(i int, nf *listenerv3.Filter) (core.ConnHandler,
 		if err := tc.UnmarshalTo(&cfg); err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		cm, err := hcm.New(&cfg, hcm.Deps{Clusters: f.Clusters, Routes: f.Routes, Stats: f.Stats, Logger: f.Logger})
+		cm, err := hcm.New(&cfg, hcm.Deps{Clusters: f.Clusters, Routes: f.Routes, Stats: f.Stats, Logger: f.Logger,
+			Direction: l.GetTrafficDirection(), Node: f.Node})
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
@@ -98,7 +102,7 @@ func (f *ChainFactory) terminal(i int, nf *listenerv3.Filter) (core.ConnHandler,
 		}
 		return p, nil
 	}
-	if listener.LookupNetworkFilter(tc.GetTypeUrl()) != nil {
+	if listener.LookupNetworkFilter(core.ConfigType(tc)) != nil {
 		return nil, fmt.Errorf("%s: %s is not a terminal filter; a filter chain ends with %s or %s", where, tc.GetTypeUrl(), hcmName, tcpProxyName)
 	}
 	return nil, fmt.Errorf("%s: network filter type %s is not supported by skiff-proxy (supported: http_connection_manager, tcp_proxy)", where, tc.GetTypeUrl())

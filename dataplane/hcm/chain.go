@@ -8,6 +8,7 @@ import (
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
+	"github.com/skiff-mesh/skiff/dataplane/core"
 	"github.com/skiff-mesh/skiff/pkg/stats"
 )
 
@@ -35,7 +36,7 @@ func buildChain(cfg *hcmv3.HttpConnectionManager, c *config, d Deps, st *stats.S
 			}
 			return nil, filterError(i, f.GetName(), "config_discovery", errors.New("filter config discovery (ECDS) is not supported"))
 		}
-		tu := f.GetTypedConfig().GetTypeUrl()
+		tu := core.ConfigType(f.GetTypedConfig())
 		if tu == RouterTypeURL {
 			return nil, filterError(i, f.GetName(), "typed_config", errors.New("envoy.filters.http.router must be the last filter"))
 		}
@@ -48,7 +49,8 @@ func buildChain(cfg *hcmv3.HttpConnectionManager, c *config, d Deps, st *stats.S
 		}
 		filter, err := fac(FilterConfig{
 			Name: f.GetName(), TypedConfig: f.GetTypedConfig(), StatPrefix: c.statPrefix,
-			Stats: st, Clusters: d.Clusters, Logger: logger,
+			Stats: st, Clusters: d.Clusters, Logger: logger, Direction: d.Direction, Node: d.Node,
+			AddStreamHook: func(h DoneHook) { c.streamHooks = append(c.streamHooks, h) },
 		})
 		if err != nil {
 			return nil, fmt.Errorf("http_filters[%d] %q: %w", i, f.GetName(), err)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
@@ -39,6 +40,15 @@ type FilterConfig struct {
 	Stats       *stats.Store
 	Clusters    core.ClusterSet
 	Logger      *slog.Logger
+	// Direction is the listener's traffic_direction (Istio's stats infer
+	// the reporter from it); Node is this proxy's node (its metadata).
+	Direction corev3.TrafficDirection
+	Node      *corev3.Node
+	// AddStreamHook registers h to run when every stream of this
+	// connection manager finishes, including streams an earlier filter
+	// answered: Envoy calls every filter's log callbacks (istio.stats
+	// counts fault aborts so).
+	AddStreamHook func(h DoneHook)
 }
 
 // FilterFactory validates a filter's config and builds it. Errors name the
@@ -52,7 +62,8 @@ var (
 
 // RegisterFilter registers the factory for filters whose typed_config has
 // typeURL ("type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault").
-// Packages call it from init.
+// Packages call it from init. A TypedStruct-wrapped typed_config is looked
+// up by its inner type_url (see core.ConfigType).
 func RegisterFilter(typeURL string, f FilterFactory) {
 	factoriesMu.Lock()
 	defer factoriesMu.Unlock()

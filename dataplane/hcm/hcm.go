@@ -24,11 +24,14 @@ import (
 	"sync/atomic"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"golang.org/x/net/http2"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
+	"github.com/skiff-mesh/skiff/dataplane/hcm/accesslog"
 	"github.com/skiff-mesh/skiff/dataplane/route"
+	"github.com/skiff-mesh/skiff/dataplane/tracing"
 	"github.com/skiff-mesh/skiff/pkg/stats"
 )
 
@@ -38,6 +41,10 @@ type Deps struct {
 	Routes   *RouteRegistry // RDS tables by name
 	Stats    *stats.Store
 	Logger   *slog.Logger
+	// Direction is the listener's traffic_direction and Node this proxy's
+	// node, both handed to HTTP filters.
+	Direction corev3.TrafficDirection
+	Node      *corev3.Node
 }
 
 // ConnectionManager serves the connections of one filter chain.
@@ -68,6 +75,9 @@ type config struct {
 	inline     *route.Table
 	rds        *atomic.Pointer[route.Table]
 	chain      Handler
+	// streamHooks run at the end of every stream, whether or not it
+	// reached their filter (FilterConfig.AddStreamHook).
+	streamHooks []DoneHook
 
 	useRemote         bool
 	xffHops           int
@@ -84,8 +94,9 @@ type config struct {
 	normalizePath     bool
 	mergeSlashes      bool
 
-	stats *hcmStats
-	logs  []*accessLogger
+	stats  *hcmStats
+	logs   []*accesslog.Logger
+	tracer *tracing.Tracer // nil: tracing off
 }
 
 // RDSName returns the RDS route configuration name cfg uses, "" when the
@@ -213,14 +224,26 @@ func compile(cfg *hcmv3.HttpConnectionManager, d Deps) (*config, error) {
 	}
 	c.stats = newHCMStats(st, c.statPrefix)
 	for i, al := range cfg.GetAccessLog() {
-		l, err := newAccessLogger(al)
+		l, err := accesslog.New(al)
 		if err != nil {
 			return nil, fmt.Errorf("access_log[%d] %q: %w", i, al.GetName(), err)
 		}
 		c.logs = append(c.logs, l)
 	}
+	// Tracing without a provider means the bootstrap's tracer in Envoy;
+	// skiff-proxy has none, so such a config traces nothing.
+	if tc := cfg.GetTracing(); tc.GetProvider() != nil {
+		t, err := tracing.New(tracing.Config{Tracing: tc, Clusters: d.Clusters, Node: d.Node, Direction: d.Direction, Stats: st})
+		if err != nil {
+			return nil, fmt.Errorf("tracing.%w", err)
+		}
+		c.tracer = t
+	}
 	chain, err := buildChain(cfg, c, d, st, logger)
 	if err != nil {
+		if c.tracer != nil {
+			c.tracer.Close()
+		}
 		return nil, err
 	}
 	c.chain = chain
@@ -316,6 +339,9 @@ func (cm *ConnectionManager) Drain() {
 	// h2base has no listener or HTTP/1 connections: Shutdown only runs the
 	// GOAWAY hook and returns.
 	go cm.h2base.Shutdown(context.Background())
+	if t := cm.cfg.tracer; t != nil {
+		go t.Flush()
+	}
 }
 
 // Close closes every connection at once and stops the manager. It
@@ -335,7 +361,10 @@ func (cm *ConnectionManager) Close() error {
 		c.Close()
 	}
 	for _, l := range cm.cfg.logs {
-		l.flush()
+		l.Flush()
+	}
+	if cm.cfg.tracer != nil {
+		cm.cfg.tracer.Close()
 	}
 	return nil
 }

@@ -336,6 +336,9 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 				}
 				continue
 			}
+			if kind == core.ConnectFailure {
+				s.upstreamFailure = strings.ReplaceAll(err.Error(), " ", "_")
+			}
 			rt.replyError(s, kind)
 			return
 		}

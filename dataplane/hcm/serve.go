@@ -12,6 +12,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
+	"github.com/skiff-mesh/skiff/dataplane/hcm/accesslog"
 	"github.com/skiff-mesh/skiff/pkg/stats"
 )
 
@@ -82,6 +83,9 @@ func (cm *ConnectionManager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c.stats.rqActive.Inc()
 	defer cm.finish(s)
+	for _, h := range c.streamHooks {
+		s.AddDoneHook(h)
+	}
 
 	c.mutateRequestHeaders(s)
 	if (c.normalizePath || c.mergeSlashes) && r.URL != nil {
@@ -94,6 +98,14 @@ func (cm *ConnectionManager) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// typed_per_filter_config.
 	if s.Route != nil && s.Route.Action != nil && len(s.Route.Action.Weighted) > 0 {
 		s.Cluster = s.Route.Action.Choose(rand.Uint64())
+	}
+	if c.tracer != nil {
+		op := ""
+		if s.Route != nil {
+			op = s.Route.Decorator
+		}
+		s.span = c.tracer.Start(r, s.Start, op)
+		s.span.Inject(r.Header)
 	}
 	c.chain.ServeStream(s)
 }
@@ -129,8 +141,16 @@ func (cm *ConnectionManager) complete(s *Stream) {
 	for i := 0; i < s.ndone; i++ {
 		s.doneHooks[i].OnStreamDone(s)
 	}
+	if len(cm.cfg.logs) == 0 && s.span == nil {
+		return
+	}
+	var e accesslog.Entry
+	s.logEntry(&e)
 	for _, l := range cm.cfg.logs {
-		l.log(s)
+		l.Log(&e)
+	}
+	if s.span != nil {
+		s.span.Finish(&e)
 	}
 }
 

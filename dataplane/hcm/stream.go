@@ -13,6 +13,7 @@ import (
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
 	"github.com/skiff-mesh/skiff/dataplane/route"
+	"github.com/skiff-mesh/skiff/dataplane/tracing"
 )
 
 // ResponseHook sees the response headers just before they are written,
@@ -59,6 +60,11 @@ type Stream struct {
 	doneHooks   [4]DoneHook
 	ndone       int
 	meta        []metaEntry
+	span        *tracing.Span // nil without tracing
+	// Access log facts the router and filters record.
+	upstreamFailure string
+	codeDetails     string
+	respStart       time.Time
 }
 
 // metaEntry is one namespace of per-stream dynamic metadata; a slice
@@ -163,6 +169,7 @@ func (s *Stream) WriteHeader(code int) {
 		return
 	}
 	s.status = code
+	s.respStart = time.Now()
 	h := s.w.Header()
 	for i := 0; i < s.nhooks; i++ {
 		s.hooks[i].OnResponseHeaders(s, code)

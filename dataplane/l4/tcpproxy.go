@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -19,6 +20,7 @@ import (
 	tcpv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
+	"github.com/skiff-mesh/skiff/dataplane/hcm/accesslog"
 	"github.com/skiff-mesh/skiff/pkg/stats"
 )
 
@@ -45,6 +47,7 @@ type TCPProxy struct {
 	hashSourceIP    bool // hash_policy source_ip: consistent-hash clusters key on the client address
 	stats           *Stats
 	observer        Observer
+	logs            []*accesslog.Logger
 
 	draining atomic.Bool
 	mu       sync.Mutex
@@ -110,6 +113,9 @@ type Session struct {
 	idled          atomic.Bool  // both directions time out together; count once
 	firstEOF       atomic.Int32 // which side ended its stream first: 1 downstream, 2 upstream
 	down           net.Conn
+	// For the access log: the upstream connection's local address and why
+	// connecting failed.
+	upstreamLocal, connectErr string
 
 	mu     sync.Mutex // guards up and closed against Close from other goroutines
 	up     net.Conn
@@ -208,6 +214,13 @@ func NewTCPProxy(cfg *tcpv3.TcpProxy, clusters core.ClusterSet, st *stats.Store)
 		}
 		p.maxDuration = d.AsDuration()
 	}
+	for i, al := range cfg.GetAccessLog() {
+		l, err := accesslog.New(al)
+		if err != nil {
+			return nil, fmt.Errorf("tcp_proxy %q: access_log[%d] %q: %w", p.statPrefix, i, al.GetName(), err)
+		}
+		p.logs = append(p.logs, l)
+	}
 	if st != nil {
 		p.stats = newStats(st, p.statPrefix)
 	} else {
@@ -245,6 +258,9 @@ func (p *TCPProxy) ServeConn(c net.Conn, info *core.ConnInfo) {
 	s.lastActive.Store(s.Start.UnixNano())
 	p.track(s, true)
 	defer p.track(s, false)
+	if len(p.logs) > 0 {
+		defer p.logSession(s)
+	}
 	if p.observer != nil {
 		p.observer.SessionOpened(s)
 		defer p.observer.SessionClosed(s)
@@ -252,9 +268,14 @@ func (p *TCPProxy) ServeConn(c net.Conn, info *core.ConnInfo) {
 	defer s.closeBoth()
 
 	up, err := p.connect(s)
-	if err != nil || !s.setUpstream(up) {
+	if err != nil {
+		s.connectErr = strings.ReplaceAll(err.Error(), " ", "_")
 		return
 	}
+	if !s.setUpstream(up) {
+		return
+	}
+	s.upstreamLocal = up.LocalAddr().String()
 	if p.maxDuration > 0 {
 		t := time.AfterFunc(p.maxDuration, func() {
 			p.stats.MaxDownstreamCxDuration.Inc()
@@ -263,6 +284,20 @@ func (p *TCPProxy) ServeConn(c net.Conn, info *core.ConnInfo) {
 		defer t.Stop()
 	}
 	p.pipe(s, up)
+}
+
+// logSession writes the access log lines of a finished session, with the
+// same formatter as HTTP: RESPONSE_CODE is 0 and request operators "-".
+func (p *TCPProxy) logSession(s *Session) {
+	e := accesslog.Entry{
+		Start: s.Start, Duration: time.Since(s.Start), Flags: s.Flags, Conn: s.Info,
+		BytesReceived: int64(s.BytesReceived()), BytesSent: int64(s.BytesSent()),
+		UpstreamHost: s.Host, UpstreamCluster: s.Cluster, UpstreamLocalAddress: s.upstreamLocal,
+		UpstreamTransportFailed: s.connectErr,
+	}
+	for _, l := range p.logs {
+		l.Log(&e)
+	}
 }
 
 // connect chooses a host and dials it, up to max_connect_attempts times.
@@ -290,7 +325,7 @@ func (p *TCPProxy) connect(s *Session) (net.Conn, error) {
 			return nil, fmt.Errorf("cluster %q: no healthy upstream", s.Cluster)
 		}
 		s.Host = h.Address()
-		ctx, cancel := context.WithTimeout(context.Background(), connectTimeout)
+		ctx, cancel := context.WithTimeout(core.WithConnInfo(context.Background(), s.Info), connectTimeout)
 		up, err := h.Dial(ctx)
 		cancel()
 		if err == nil {

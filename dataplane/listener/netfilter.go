@@ -4,6 +4,7 @@ import (
 	"log/slog"
 	"sync"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
@@ -24,6 +25,9 @@ type NetworkFilterConfig struct {
 	// Clusters lets a filter call out through the proxy's clusters
 	// (envoy.filters.network.ext_authz reaches its authorizer so).
 	Clusters core.ClusterSet
+	// Direction is the listener's traffic_direction; Node this proxy's node.
+	Direction corev3.TrafficDirection
+	Node      *corev3.Node
 }
 
 // NetworkFilterFactory validates a network filter's config and builds it.
@@ -37,7 +41,8 @@ var (
 
 // RegisterNetworkFilter registers the factory for network filters whose
 // typed_config has typeURL. Packages call it from init, so a binary links a
-// filter by importing its package.
+// filter by importing its package. A TypedStruct-wrapped typed_config is
+// looked up by its inner type_url (core.ConfigType).
 func RegisterNetworkFilter(typeURL string, f NetworkFilterFactory) {
 	netFiltersMu.Lock()
 	defer netFiltersMu.Unlock()

@@ -29,6 +29,7 @@ import (
 
 	// The filters skiff-proxy links: importing a filter's package registers it.
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/extauthz"
+	_ "github.com/skiff-mesh/skiff/dataplane/filters/istiostats"
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/jwtauthn"
 	_ "github.com/skiff-mesh/skiff/dataplane/filters/rbac"
 	"github.com/skiff-mesh/skiff/dataplane/hcm"
@@ -137,10 +138,10 @@ func New(o Options) (*Proxy, error) {
 	}
 	p.cfg = compile.New(compile.Options{Routes: p.routes, Logger: p.log, LocalSecrets: local,
 		WaitForADS: b.GetDynamicResources().GetAdsConfig() != nil})
-	p.clusters = upstream.NewManager(upstream.Options{Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log})
+	p.clusters = upstream.NewManager(upstream.Options{Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log, Node: p.node})
 	p.listeners = listener.NewManager(listener.Options{
 		Stats: p.stats, Secrets: p.cfg.Secrets(), Logger: p.log, DrainTime: o.DrainTime,
-		Factory: &compile.ChainFactory{Clusters: p.clusters, Routes: p.routes, Stats: p.stats, Logger: p.log},
+		Factory: &compile.ChainFactory{Clusters: p.clusters, Routes: p.routes, Stats: p.stats, Logger: p.log, Node: p.node},
 	})
 	p.cfg.SetParts(p.clusters, p.listeners)
 	if err := p.cfg.ApplyStatic(b); err != nil {

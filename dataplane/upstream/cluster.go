@@ -31,6 +31,8 @@ type cluster struct {
 	defTLS   *tlsSet
 	matchTLS []*tlsSet
 	h2t      *http2.Transport
+	// connFilters are Cluster.filters, run on each new connection.
+	connFilters []ConnFilter
 
 	// Circuit breaker occupancy, cluster-wide as in Envoy.
 	cx, pending, rq, retries atomic.Int64
@@ -67,6 +69,9 @@ func newCluster(m *Manager, src *clusterv3.Cluster, cfg *config) (*cluster, erro
 		return nil, fmt.Errorf("cluster %q: transport_socket: %w", cfg.name, err)
 	}
 	c.defTLS = def
+	if c.connFilters, err = buildConnFilters(src, m.o); err != nil {
+		return nil, fmt.Errorf("cluster %q: %w", cfg.name, err)
+	}
 	for i, sm := range cfg.socketMatches {
 		set, err := newTLSSet(sm.tls, m.o.Secrets)
 		if err != nil {

@@ -199,6 +199,12 @@ func (h *host) dial(ctx context.Context, tc *tls.Config) (net.Conn, error) {
 			nc = tlsConn
 		}
 	}
+	if err == nil && len(c.connFilters) > 0 {
+		raw := nc
+		if nc, err = c.applyConnFilters(ctx, nc); err != nil {
+			raw.Close()
+		}
+	}
 	if err != nil {
 		h.cxConnectFail.Add(1)
 		c.stats.CxConnectFail.Inc()

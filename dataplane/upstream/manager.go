@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/proto"
 
@@ -30,6 +31,7 @@ type Options struct {
 	Secrets  core.Secrets  // SDS secrets for upstream TLS
 	Logger   *slog.Logger  // nil: slog.Default()
 	Resolver *net.Resolver // nil: net.DefaultResolver
+	Node     *corev3.Node  // this proxy's node, for Cluster.filters
 }
 
 // Manager holds the proxy's clusters. Cluster is lock-free; the other

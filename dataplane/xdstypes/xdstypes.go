@@ -52,6 +52,12 @@ import (
 
 	// Retry host predicates.
 	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/retry/host/previous_hosts/v3"
+
+	// TypedStruct (both wrappers: Istio's metadata exchange configs) and
+	// Istio's stats.PluginConfig (istio.stats).
+	_ "github.com/cncf/xds/go/udpa/type/v1"
+	_ "github.com/cncf/xds/go/xds/type/v3"
+	_ "istio.io/api/envoy/extensions/stats"
 )
 
 // Type URLs of the xDS v3 resources the data plane subscribes to.

@@ -61,8 +61,12 @@ func (v *collector) telemetry(t *telemetry.Telemetry) {
 			if o == nil {
 				continue
 			}
-			if cm, ok := o.GetMatch().GetMetricMatch().(*telemetry.MetricSelector_CustomMetric); ok && cm.CustomMetric == "" {
-				v.add(field(op, "match.customMetric"), "is empty; name the metric")
+			if cm, ok := o.GetMatch().GetMetricMatch().(*telemetry.MetricSelector_CustomMetric); ok {
+				if cm.CustomMetric == "" {
+					v.add(field(op, "match.customMetric"), "is empty; name the metric")
+				} else if _, istio := telemetry.MetricSelector_IstioMetric_value[cm.CustomMetric]; istio {
+					v.add(field(op, "match.customMetric"), "%q is one of Istio's metrics; select it with match.metric: %s instead", cm.CustomMetric, cm.CustomMetric)
+				}
 			}
 			for _, tag := range sortedKeys(o.TagOverrides) {
 				tp := key(field(op, "tagOverrides"), tag)
@@ -71,6 +75,7 @@ func (v *collector) telemetry(t *telemetry.Telemetry) {
 					v.add(tp, "tag name is empty")
 				}
 				if to == nil {
+					v.add(tp, "is empty; give operation (UPSERT or REMOVE) and, for UPSERT, value")
 					continue
 				}
 				switch to.Operation {
@@ -104,4 +109,38 @@ func (v *collector) providers(path string, ps []*telemetry.ProviderRef) {
 			v.add(field(idx(path, i), "name"), "is empty; name a provider from the mesh config's extensionProviders")
 		}
 	}
+}
+
+// TelemetryProviderWarnings checks the provider names a Telemetry object
+// uses against the mesh config's extensionProviders (known reports
+// whether one exists, built-ins included), as istioctl analyze does: an
+// unknown name is a warning, since the object stays valid and applies
+// once the mesh config gains the provider.
+func TelemetryProviderWarnings(o *config.Object, known func(name string) bool) []*FieldError {
+	t, ok := o.Spec.(*telemetry.Telemetry)
+	if !ok {
+		return nil
+	}
+	v := &collector{}
+	check := func(path string, ps []*telemetry.ProviderRef) {
+		for i, p := range ps {
+			if p.GetName() != "" && !known(p.GetName()) {
+				v.warn(field(idx(path, i), "name"), "provider %q is not among the mesh config's extensionProviders; define it there or name one that is", p.GetName())
+			}
+		}
+	}
+	for i, m := range t.Metrics {
+		check(field(idx("spec.metrics", i), "providers"), m.GetProviders())
+	}
+	for i, tr := range t.Tracing {
+		check(field(idx("spec.tracing", i), "providers"), tr.GetProviders())
+	}
+	for i, a := range t.AccessLogging {
+		check(field(idx("spec.accessLogging", i), "providers"), a.GetProviders())
+	}
+	out := make([]*FieldError, 0, len(v.list))
+	for _, e := range v.list {
+		out = append(out, e.(*FieldError))
+	}
+	return out
 }

@@ -9,6 +9,7 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/durationpb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
 	"github.com/skiff-mesh/skiff/controlplane/model"
@@ -69,13 +70,16 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index, scope *index.SidecarS
 		// captured traffic: apps bound to the pod IP only are reached,
 		// and capture rules let the delivery through.
 		asIs bool
+		// services served on this port, for destination_service on the
+		// destination side (Istio's filter_metadata.istio.services).
+		services []*model.Service
 	}
 	ports := map[int]target{}
 	if ing := scope.IngressListeners(); len(ing) > 0 {
 		for _, l := range ing {
 			host, port, ok := parseDefaultEndpoint(l.GetDefaultEndpoint(), g.o.InboundAddress)
 			if ok {
-				ports[int(l.GetPort().GetNumber())] = target{host, port, model.ParseProtocol(l.GetPort().GetProtocol()), false}
+				ports[int(l.GetPort().GetNumber())] = target{host: host, port: port, proto: model.ParseProtocol(l.GetPort().GetProtocol())}
 			}
 		}
 	} else {
@@ -84,9 +88,14 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index, scope *index.SidecarS
 				if in.Port == 0 || in.ServicePort.Protocol == model.UDP {
 					continue
 				}
-				if _, dup := ports[in.Port]; !dup {
-					ports[in.Port] = target{g.o.InboundAddress, in.Port, in.ServicePort.Protocol, p.Captured()}
+				t, dup := ports[in.Port]
+				if !dup {
+					t = target{host: g.o.InboundAddress, port: in.Port, proto: in.ServicePort.Protocol, asIs: p.Captured()}
 				}
+				if !slices.ContainsFunc(t.services, func(s *model.Service) bool { return s.Hostname == in.Service.Hostname }) {
+					t.services = append(t.services, in.Service)
+				}
+				ports[in.Port] = t
 			}
 		}
 	}
@@ -110,6 +119,7 @@ func (g *Generator) inbound(p *xds.Proxy, ix *index.Index, scope *index.SidecarS
 		b := &builder{c: c, thresholds: defaultThresholds()}
 		b.protocol(pt.proto, nil)
 		b.finish()
+		c.Metadata = inboundMetadata(pt.services)
 		out = append(out, c)
 	}
 	slices.SortFunc(out, func(a, b *clusterv3.Cluster) int { return strings.Compare(a.Name, b.Name) })
@@ -133,4 +143,26 @@ func parseDefaultEndpoint(ep, inbound string) (string, int, bool) {
 		host = inbound
 	}
 	return host, n, true
+}
+
+// inboundMetadata names the services an inbound cluster serves, sorted by
+// host, as Istio attaches them (the destination side's destination_service
+// labels come from here); nil when none is known.
+func inboundMetadata(svcs []*model.Service) *corev3.Metadata {
+	if len(svcs) == 0 {
+		return nil
+	}
+	svcs = slices.Clone(svcs)
+	slices.SortFunc(svcs, func(a, b *model.Service) int { return strings.Compare(a.Hostname, b.Hostname) })
+	var list []*structpb.Value
+	for _, s := range svcs {
+		list = append(list, structpb.NewStructValue(&structpb.Struct{Fields: map[string]*structpb.Value{
+			"host":      structpb.NewStringValue(s.Hostname),
+			"name":      structpb.NewStringValue(s.Name),
+			"namespace": structpb.NewStringValue(s.Namespace),
+		}}))
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{"istio": {Fields: map[string]*structpb.Value{
+		"services": structpb.NewListValue(&structpb.ListValue{Values: list}),
+	}}}}
 }

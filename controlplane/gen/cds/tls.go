@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"strings"
 
+	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	rawbufferv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/raw_buffer/v3"
@@ -35,6 +36,17 @@ var (
 	istioALPNH2 = []string{"istio-peer-exchange", "istio", "h2"}
 )
 
+// metadataExchange runs Istio's peer metadata exchange on upstream
+// connections that negotiate ALPN istio-peer-exchange (mesh mTLS), so
+// the client side learns which workload answered.
+var metadataExchange = &clusterv3.Filter{
+	Name: "istio.metadata_exchange",
+	TypedConfig: mustAny(&xdstypev3.TypedStruct{
+		TypeUrl: "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange",
+		Value:   &structpb.Struct{Fields: map[string]*structpb.Value{"protocol": structpb.NewStringValue("istio-peer-exchange")}},
+	}),
+}
+
 // IstioSNI is the SNI Istio's clients send on mesh mTLS, naming the
 // cluster: "outbound_.9080_.v1_.reviews.default.svc.cluster.local".
 func IstioSNI(port int, subset, host string) string {
@@ -52,6 +64,7 @@ func (g *Generator) tls(b *builder, ix *index.Index, svc *model.Service, port *m
 			return
 		}
 		socket := tlsSocket(istioMutual(sni, svc.Identities(), b.http2()))
+		c.Filters = append(c.Filters, metadataExchange)
 		if c.GetType() == clusterv3.Cluster_ORIGINAL_DST {
 			// Every endpoint has a sidecar (autoMTLS checked): no metadata
 			// to match on for original destinations, mTLS outright.
@@ -82,6 +95,7 @@ func (g *Generator) tls(b *builder, ix *index.Index, svc *model.Service, port *m
 			sni = t.GetSni()
 		}
 		c.TransportSocket = tlsSocket(istioMutual(sni, sans, b.http2()))
+		c.Filters = append(c.Filters, metadataExchange)
 	case networking.ClientTLSSettings_SIMPLE, networking.ClientTLSSettings_MUTUAL:
 		// A credential handed to every sidecar a rule reaches would be
 		// fetched by all of them: Istio honours credentialName on a
@@ -249,6 +263,7 @@ func grpcCluster(c *clusterv3.Cluster, svc *model.Service, t *networking.ClientT
 	}
 	c.TransportSocketMatches = nil
 	c.TransportSocket = nil
+	c.Filters = nil // the exchange is the sidecars' business
 	switch t.GetMode() {
 	case networking.ClientTLSSettings_ISTIO_MUTUAL:
 		sans := t.GetSubjectAltNames()

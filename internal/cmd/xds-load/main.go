@@ -26,6 +26,7 @@ type options struct {
 	jsonPath string
 	keep     bool
 	cpuProf  string
+	memProf  string
 }
 
 func main() {
@@ -62,6 +63,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "also write the JSON report to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary config directory")
 	fs.StringVar(&o.cpuProf, "cpuprofile", "", "write the load tool's own CPU profile here, to check it is not what limits the figures")
+	fs.StringVar(&o.memProf, "memprofile", "", "write the load tool's own heap profile here once every proxy is synced")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -96,6 +98,15 @@ func run(o *options, stdout, stderr io.Writer) int {
 		}
 		defer f.Close()
 		defer pprof.StopCPUProfile()
+	}
+	if o.memProf != "" {
+		f, err := os.Create(o.memProf)
+		if err != nil {
+			fmt.Fprintln(stderr, "xds-load: -memprofile:", err)
+			return 1
+		}
+		defer f.Close()
+		o.run.HeapProfile = f
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), o.total)
 	defer cancel()

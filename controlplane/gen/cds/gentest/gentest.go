@@ -26,6 +26,10 @@ import (
 	"github.com/skiff-mesh/skiff/controlplane/model"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 	"github.com/skiff-mesh/skiff/dataplane/upstream"
+
+	// The proxy links Istio's upstream metadata exchange (Cluster.filters
+	// on mesh mTLS clusters); so must its validation here.
+	_ "github.com/skiff-mesh/skiff/dataplane/filters/istiostats"
 )
 
 // Samples is the directory of the shared upstream Istio samples.
