@@ -170,6 +170,11 @@ func TestBookinfoRequestRouting(t *testing.T) {
 			if !hasContainer(p, "istio-proxy") || !hasContainer(p, "istio-init") {
 				return fmt.Errorf("pod %s was not injected (containers %v, init containers %v)", p.Name, p.Spec.Containers, p.Spec.InitContainers)
 			}
+			// The API server is 1.35: skiffd injects the proxy as a
+			// native sidecar (an init container that keeps running).
+			if !nativeSidecar(p) {
+				return fmt.Errorf("pod %s: istio-proxy is not a native sidecar (init container with restartPolicy Always)", p.Name)
+			}
 			if !podReady(p) {
 				waiting = append(waiting, fmt.Sprintf("%s: %s %v", p.Name, p.Status.Phase, containerStates(p)))
 				continue
@@ -709,4 +714,13 @@ func (r *reader) each(t *testing.T, n int, what string, want func(page) bool) {
 			t.Fatalf("read %d of %d: the product page does not show %s: %v %s", i+1, n, what, err, p)
 		}
 	}
+}
+
+func nativeSidecar(p *corev1.Pod) bool {
+	for _, c := range p.Spec.InitContainers {
+		if c.Name == "istio-proxy" {
+			return c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways
+		}
+	}
+	return false
 }
