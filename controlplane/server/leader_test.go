@@ -12,7 +12,10 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 
+	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/server"
 	"github.com/skiff-mesh/skiff/internal/testing/kubetest"
 )
@@ -107,4 +110,70 @@ func TestReplicasShareRootAndElectOneLeader(t *testing.T) {
 		t.Fatal(err)
 	}
 	eventually(t, 30*time.Second, "istio-ca-root-cert published again by the new leader", rootCert)
+}
+
+// skiffd in Kubernetes mode restarts and resumes: what changed in the API
+// while it was down is what it holds afterwards (nothing lost, nothing
+// stale), and it signs with the same root, kept in istio-ca-secret.
+func TestKubernetesModeRestartResumes(t *testing.T) {
+	env := kubetest.Start(t, kubetest.Options{})
+	cs := env.Clientset(t)
+	dyn := env.Dynamic(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, ns := range []string{"istio-system", "shop"} {
+		if _, err := cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vsr := schema.GroupVersionResource{Group: "networking.istio.io", Version: "v1", Resource: "virtualservices"}
+	createVS := func(name string) {
+		t.Helper()
+		u := &unstructured.Unstructured{Object: map[string]any{
+			"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+			"metadata": map[string]any{"name": name, "namespace": "shop"},
+			"spec": map[string]any{"hosts": []any{name + ".example.com"},
+				"http": []any{map[string]any{"route": []any{map[string]any{"destination": map[string]any{"host": "reviews"}}}}}},
+		}}
+		if _, err := dyn.Resource(vsr).Namespace("shop").Create(ctx, u, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	createVS("before")
+	createVS("kept")
+	opts := func() server.Options {
+		o := newSecureOptions(t)
+		o.ConfigDir, o.Kubeconfig, o.CADir, o.WebhookAddr = "", env.Kubeconfig, "", ""
+		o.BootstrapTokensFile, o.RootCertOut = "", ""
+		return o
+	}
+	has := func(f *secureFixture, name string) bool {
+		return f.srv.Store().Snapshot().Get(config.Key{Kind: config.VirtualService, Namespace: "shop", Name: name}) != nil
+	}
+	first := startSecure(t, opts())
+	eventually(t, 30*time.Second, "both VirtualServices in the first skiffd", func() error {
+		if !has(first, "before") || !has(first, "kept") {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+	root := first.srv.CA().TrustBundlePEM()
+	first.stop()
+
+	// While skiffd is down: one VirtualService deleted, one created.
+	if err := dyn.Resource(vsr).Namespace("shop").Delete(ctx, "before", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	createVS("while-down")
+
+	second := startSecure(t, opts())
+	eventually(t, 30*time.Second, "the second skiffd holding exactly the API's VirtualServices", func() error {
+		if has(second, "before") || !has(second, "kept") || !has(second, "while-down") {
+			return fmt.Errorf("before %v kept %v while-down %v", has(second, "before"), has(second, "kept"), has(second, "while-down"))
+		}
+		return nil
+	})
+	if got := second.srv.CA().TrustBundlePEM(); !bytes.Equal(got, root) {
+		t.Errorf("the restarted skiffd trusts another root: the mesh's root must survive a restart (istio-ca-secret)")
+	}
 }
