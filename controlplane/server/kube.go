@@ -230,6 +230,10 @@ func withClientDefaults(cfg *rest.Config, log *slog.Logger) {
 		cfg.QPS, cfg.Burst = 100, 200
 	}
 	if log != nil {
-		klog.SetSlogLogger(log.With("component", "client-go"))
+		// klog's logger is process-wide and not safe to set concurrently:
+		// the first server's log takes it.
+		klogOnce.Do(func() { klog.SetSlogLogger(log.With("component", "client-go")) })
 	}
 }
+
+var klogOnce sync.Once
