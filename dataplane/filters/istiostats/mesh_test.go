@@ -90,7 +90,7 @@ func startSidecars(t *testing.T, serverStats, clientStats *statspb.PluginConfig)
 	sx.Set(t,
 		istioServices(xdsres.EDSCluster("inbound|9080||"), httpSvc), xdsres.Endpoints("inbound|9080||", app),
 		istioServices(xdsres.HTTP2(xdsres.EDSCluster("inbound|9090||")), grpcSvc), xdsres.Endpoints("inbound|9090||", grpcApp),
-		xdsres.EDSCluster("inbound|7070||"), xdsres.Endpoints("inbound|7070||", echo),
+		istioServices(xdsres.EDSCluster("inbound|7070||"), tcpSvc), xdsres.Endpoints("inbound|7070||", echo),
 		inHTTP, inPlain, inTCP,
 		xdsres.RouteConfig("inbound",
 			xdsres.PrefixRoute("/grpc.health.v1.Health/", "inbound|9090||"),
@@ -305,8 +305,9 @@ func TestTCPMetricsBothReporters(t *testing.T) {
 	}
 	tcpLabels := map[string]string{"request_protocol": "tcp", "response_flags": "-"}
 	srcWant := labels(source, srcClient, dstServer, svc(tcpSvc), tcpLabels)
-	dstWant := labels(destination, srcClient, dstServer, tcpLabels,
-		map[string]string{"destination_service": "unknown", "destination_service_name": "unknown", "destination_service_namespace": "unknown"})
+	// The destination side names the service its tcp_proxy's inbound
+	// cluster carries in filter_metadata.istio.services.
+	dstWant := labels(destination, srcClient, dstServer, svc(tcpSvc), tcpLabels)
 	// Connections close asynchronously: wait (bounded) for both sides.
 	deadline := time.Now().Add(10 * time.Second)
 	var cs, ss []sample

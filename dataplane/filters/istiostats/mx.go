@@ -40,6 +40,7 @@ const (
 	nsDownstreamPeer = "istio.downstream_peer" // *Peer
 	nsUpstreamPeer   = "istio.upstream_peer"   // *Peer
 	nsUpstreamSlot   = "istio.upstream_slot"   // *upstreamSlot (TCP)
+	nsTCPConn        = "istio.tcp_conn"        // *tcpConn (inbound TCP, for SessionOpened)
 )
 
 // exchangeTimeout bounds how long a connection waits for its peer's header.

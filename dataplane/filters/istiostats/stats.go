@@ -13,6 +13,7 @@ import (
 
 	"github.com/skiff-mesh/skiff/dataplane/core"
 	"github.com/skiff-mesh/skiff/dataplane/hcm"
+	"github.com/skiff-mesh/skiff/dataplane/l4"
 	"github.com/skiff-mesh/skiff/dataplane/listener"
 	"github.com/skiff-mesh/skiff/pkg/stats"
 )
@@ -405,6 +406,10 @@ type tcpStats struct {
 	base
 	cache *seriesCache[tcpKey]
 	next  core.ConnHandler
+	// clusters is set on inbound chains whose tcp_proxy reports its
+	// sessions to this filter: the cluster it picks names the
+	// destination service (Envoy's upstream cluster info, as Istio reads it).
+	clusters core.ClusterSet
 }
 
 type tcpKey struct {
@@ -422,7 +427,12 @@ func newTCPStats(fc listener.NetworkFilterConfig) (listener.NetworkFilter, error
 	}
 	cache := &seriesCache[tcpKey]{}
 	return func(next core.ConnHandler) core.ConnHandler {
-		return &tcpStats{base: b, cache: cache, next: next}
+		f := &tcpStats{base: b, cache: cache, next: next}
+		if tp, ok := next.(*l4.TCPProxy); ok && f.inbound && fc.Clusters != nil {
+			f.clusters = fc.Clusters
+			tp.SetObserver(f)
+		}
+		return f
 	}, nil
 }
 
@@ -431,7 +441,10 @@ func (f *tcpStats) ServeConn(c net.Conn, info *core.ConnInfo) {
 		info = &core.ConnInfo{LocalAddr: c.LocalAddr(), RemoteAddr: c.RemoteAddr()}
 	}
 	tc := &tcpConn{Conn: c, f: f, info: info}
-	if f.inbound {
+	if f.inbound && f.clusters != nil {
+		// Resolved in SessionOpened, once tcp_proxy has picked its cluster.
+		info.SetMetadata(nsTCPConn, tc)
+	} else if f.inbound {
 		tc.resolve()
 	} else {
 		tc.slot = &upstreamSlot{onSet: tc.resolve}
@@ -443,6 +456,25 @@ func (f *tcpStats) ServeConn(c net.Conn, info *core.ConnInfo) {
 		c.Inc()
 	}
 }
+
+// SessionOpened (l4.Observer) learns the destination service from the
+// inbound cluster's filter_metadata.istio.services and fixes the labels.
+func (f *tcpStats) SessionOpened(s *l4.Session) {
+	if s.Info == nil {
+		return
+	}
+	tc, _ := s.Info.Metadata(nsTCPConn).(*tcpConn)
+	if tc == nil {
+		return
+	}
+	if mc, ok := f.clusters.Cluster(s.Cluster).(metadataCluster); ok {
+		tc.svc = svcCached(mc.Metadata())
+	}
+	tc.resolve()
+}
+
+// SessionClosed (l4.Observer): ServeConn counts the close.
+func (f *tcpStats) SessionClosed(*l4.Session) {}
 
 func (f *tcpStats) Drain() {
 	if d, ok := f.next.(core.Drainer); ok {
@@ -464,6 +496,7 @@ type tcpConn struct {
 	f    *tcpStats
 	info *core.ConnInfo
 	slot *upstreamSlot
+	svc  *svcInfo // inbound: the service tcp_proxy's cluster names
 
 	once               sync.Once
 	ser                atomic.Pointer[series]
@@ -479,6 +512,7 @@ func (t *tcpConn) resolve() {
 		in := labelInput{proto: "tcp", flags: "-"}
 		if f.inbound {
 			k.peer, _ = t.info.Metadata(nsDownstreamPeer).(*Peer)
+			k.svc = t.svc
 			if t.info.TLS != nil && len(t.info.TLS.PeerCertificates) > 0 {
 				k.mtls = true
 				k.principal = certPrincipal(t.info.TLS.PeerCertificates)
@@ -502,7 +536,7 @@ func (t *tcpConn) resolve() {
 		ser := f.cache.lookup(k)
 		if ser == nil {
 			if f.inbound {
-				in.src, in.dst, in.policy = k.peer, f.loc.peer, "none"
+				in.src, in.dst, in.policy, in.svc = k.peer, f.loc.peer, "none", k.svc
 				if k.mtls {
 					in.policy, in.srcPrincipal = "mutual_tls", k.principal
 					in.dstPrincipal = f.localPrincipal(trustDomain(k.principal))
@@ -570,3 +604,5 @@ func (t *tcpConn) CloseWrite() error {
 	}
 	return nil
 }
+
+var _ l4.Observer = (*tcpStats)(nil)
