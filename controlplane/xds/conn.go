@@ -50,12 +50,16 @@ type watch struct {
 	configs map[ConfigKey]*configState
 
 	// held is, for delta, what the proxy holds (as far as we have told
-	// it), sorted by name: pushes send only what differs. It is usually
-	// the list last generated for it, whose encodings are shared.
-	held []*encoding
-	// lastBody is the body of the last response, held so that streams
-	// sending the same resources keep sharing its chunks (chunks are
-	// weakly interned).
+	// it), sorted by name: pushes send only what differs. Its runs are
+	// shared with the other proxies holding the same (see held.go).
+	held heldList
+	// lastBody is the body of the last response until the proxy answers
+	// it: while a push is on its way to thousands of streams, their
+	// pending responses keep its chunks (weakly interned) alive for the
+	// streams that send the same later in the push. Once answered, the
+	// bytes are in the proxy, and the chunks are freed when no response
+	// in flight holds them (they had doubled the memory of every
+	// resource at rest).
 	lastBody body
 }
 
@@ -197,6 +201,7 @@ func (c *conn) ack(w *watch, nonce, version string) bool {
 	if nonce == w.nonceSent {
 		w.versionAcked, w.nonceAcked, w.ackedAt = version, nonce, now
 		w.lastNACK, w.nackNonce = "", ""
+		w.lastBody = nil // the proxy has it all: see lastBody
 	}
 	return true
 }
@@ -218,6 +223,9 @@ func (c *conn) nack(typeURL, nonce, msg string) {
 	}
 	w.nacks++
 	w.lastNACK, w.nackNonce, w.nackAt = msg, nonce, now
+	if nonce == w.nonceSent {
+		w.lastBody = nil
+	}
 }
 
 func (c *conn) expired(typeURL string) {

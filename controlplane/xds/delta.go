@@ -32,10 +32,12 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		c.watches[t] = w
 		// What the proxy already holds (after a reconnect) is not resent
 		// unless it changed.
+		var held []*encoding
 		for n, v := range r.GetInitialResourceVersions() {
-			w.held = append(w.held, &encoding{name: n, version: v})
+			held = append(held, &encoding{name: n, version: v})
 		}
-		slices.SortFunc(w.held, byName)
+		slices.SortFunc(held, byName)
+		w.held = packHeld(held)
 		if len(r.GetResourceNamesSubscribe()) == 0 {
 			w.wildcard, w.legacy = true, true
 		}
@@ -79,7 +81,9 @@ func (h deltaHandler) onRequest(c *conn, r *discoveryv3.DeltaDiscoveryRequest) e
 		} else {
 			drop = removed
 		}
-		w.held = withoutNames(w.held, drop)
+		if len(drop) > 0 && w.held.len() > 0 {
+			w.held = packHeld(withoutNames(w.held.flat(), drop))
+		}
 	}
 	c.mu.Unlock()
 
@@ -148,30 +152,35 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bo
 	// which runs on it too: no lock. Both lists are sorted by name.
 	var changed []*encoding
 	var removed []string
-	i := 0
-	for _, m := range res {
-		for i < len(w.held) && w.held[i].name < m.name {
-			if whole {
-				removed = append(removed, w.held[i].name)
+	if whole {
+		held := w.held.flat()
+		i := 0
+		for _, m := range res {
+			for i < len(held) && held[i].name < m.name {
+				removed = append(removed, held[i].name)
+				i++
 			}
-			i++
+			if i < len(held) && held[i].name == m.name {
+				if held[i].version != m.version {
+					changed = append(changed, m)
+				}
+				i++
+				continue
+			}
+			changed = append(changed, m)
 		}
-		if i < len(w.held) && w.held[i].name == m.name {
-			if w.held[i].version != m.version {
+		for ; i < len(held); i++ {
+			removed = append(removed, held[i].name)
+		}
+		w.held = packHeld(res) // what the proxy holds now: exactly the generated set
+	} else {
+		// A few names (an endpoint change): look each up.
+		for _, m := range res {
+			if e, ok := w.held.find(m.name); !ok || e.version != m.version {
 				changed = append(changed, m)
 			}
-			i++
-			continue
 		}
-		changed = append(changed, m)
-	}
-	if whole {
-		for ; i < len(w.held); i++ {
-			removed = append(removed, w.held[i].name)
-		}
-		w.held = res // what the proxy holds now: exactly the generated set
-	} else {
-		w.held = mergeHeld(w.held, res)
+		w.held = w.held.merge(res)
 	}
 	if len(changed) == 0 && len(removed) == 0 && !always {
 		return false, nil

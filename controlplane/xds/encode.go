@@ -1,11 +1,13 @@
 package xds
 
 import (
+	"bytes"
 	"fmt"
 	"hash/fnv"
 	"runtime"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"unicode/utf8"
 	"unsafe"
@@ -22,11 +24,12 @@ import (
 )
 
 // A response to 2000 proxies holds the same resources 2000 times. Each
-// resource is therefore encoded once, where it is generated, into the
-// exact bytes it occupies inside a DiscoveryResponse (and, on demand, a
-// DeltaDiscoveryResponse); a response on one stream is a few bytes of its
-// own (version, nonce, type) followed by references to those shared
-// encodings, handed to gRPC as they are. Nothing is copied per stream
+// resource is therefore marshalled once, where it is generated; runs of
+// resources are laid out once as the bytes they occupy inside a
+// DiscoveryResponse or DeltaDiscoveryResponse (shared chunks, see body);
+// a response on one stream is a few bytes of its own (version, nonce,
+// type) followed by references to those chunks, handed to gRPC as they
+// are. Nothing is copied per stream
 // until the transport writes it, so a slow proxy holding its response in
 // gRPC's queue costs the server almost nothing.
 
@@ -34,11 +37,21 @@ import (
 // send it. m may already be an *anypb.Any. Generators that cache their
 // output should cache what this returns.
 func NewResource(name string, m proto.Message) (Resource, error) {
-	e, err := encode(name, m)
+	e, own, err := encodeOwn(name, m)
 	if err != nil {
 		return Resource{}, err
 	}
-	return Resource{Name: name, Message: e.any, enc: e}, nil
+	msg := e.any
+	if own != e.any {
+		// Equal to a resource encoded before (see internEncoding): the
+		// caller still gets a message of its own, sharing that one's
+		// bytes, as if nothing had been shared.
+		msg = &anypb.Any{TypeUrl: e.any.GetTypeUrl(), Value: e.any.GetValue()}
+		if a, ok := m.(*anypb.Any); ok {
+			msg = a
+		}
+	}
+	return Resource{Name: name, Message: msg, enc: e}, nil
 }
 
 // MustResource is NewResource for messages the generator built itself,
@@ -51,38 +64,59 @@ func MustResource(name string, m proto.Message) Resource {
 	return r
 }
 
-// encoding is one resource as the wire carries it.
+// encoding is one resource as the wire carries it. Its element framing
+// (as one DiscoveryResponse.resources entry, or as a delta Resource) is
+// written straight into the shared chunks that carry it (see body): the
+// marshalled Any is the only per-resource copy of its bytes.
 type encoding struct {
 	name string
 	any  *anypb.Any
 	// version is a hash of the resource's bytes: equal config, equal
 	// version, which delta compares to skip what a proxy already holds.
 	version string
-	// sotw is the resource as one element of DiscoveryResponse.resources
-	// (field tag, length, the Any).
-	sotw []byte
-
-	deltaOnce sync.Once
-	delta     []byte // one element of DeltaDiscoveryResponse.resources
 }
 
 func encode(name string, m proto.Message) (*encoding, error) {
+	e, _, err := encodeOwn(name, m)
+	return e, err
+}
+
+// encodeOwn is encode that also returns the Any this call marshalled (or
+// was given), which the shared encoding holds unless an equal one was
+// encoded before.
+func encodeOwn(name string, m proto.Message) (*encoding, *anypb.Any, error) {
 	a, ok := m.(*anypb.Any)
 	if !ok {
 		a = &anypb.Any{}
 		if err := anypb.MarshalFrom(a, m, proto.MarshalOptions{Deterministic: true}); err != nil {
-			return nil, fmt.Errorf("resource %q: %w", name, err)
+			return nil, nil, fmt.Errorf("resource %q: %w", name, err)
 		}
 	}
 	h := fnv.New64a()
 	h.Write(a.GetValue())
-	e := &encoding{name: name, any: a, version: strconv.FormatUint(h.Sum64(), 16)}
-	anyLen := anySize(a)
-	b := make([]byte, 0, 1+protowire.SizeVarint(uint64(anyLen))+anyLen)
-	b = protowire.AppendTag(b, 2, protowire.BytesType)
-	b = protowire.AppendVarint(b, uint64(anyLen))
-	e.sotw = appendAny(b, a)
-	return e, nil
+	return internEncoding(&encoding{name: name, any: a, version: strconv.FormatUint(h.Sum64(), 16)}), a, nil
+}
+
+// Generators cache per proxy group (a namespace, a Sidecar), and groups
+// mostly get equal resources: the clusters of a mesh of ten namespaces
+// were held ten times. Encodings are therefore interned by name and
+// content, so equal resources share one encoding whatever group built
+// them, and with it their chunks and held runs.
+var encodings sync.Map // encodingKey → weak.Pointer[encoding]
+
+type encodingKey struct{ name, typeURL, version string }
+
+func internEncoding(e *encoding) *encoding {
+	key := encodingKey{e.name, e.any.GetTypeUrl(), e.version}
+	if v, ok := encodings.Load(key); ok {
+		if old := v.(weak.Pointer[encoding]).Value(); old != nil && bytes.Equal(old.any.GetValue(), e.any.GetValue()) {
+			return old
+		}
+	}
+	wp := weak.Make(e)
+	encodings.Store(key, wp)
+	runtime.AddCleanup(e, func(key encodingKey) { encodings.CompareAndDelete(key, wp) }, key)
+	return e
 }
 
 func anySize(a *anypb.Any) int {
@@ -97,26 +131,39 @@ func appendAny(b []byte, a *anypb.Any) []byte {
 	return protowire.AppendBytes(b, a.GetValue())
 }
 
-// deltaElement is the resource as a discovery.v3.Resource{version=1,
-// resource=2, name=3} element of DeltaDiscoveryResponse.resources (2).
-func (e *encoding) deltaElement() []byte {
-	e.deltaOnce.Do(func() {
-		anyLen := anySize(e.any)
-		inner := protowire.SizeTag(1) + protowire.SizeBytes(len(e.version)) +
-			protowire.SizeTag(2) + protowire.SizeBytes(anyLen) +
-			protowire.SizeTag(3) + protowire.SizeBytes(len(e.name))
-		b := make([]byte, 0, 1+protowire.SizeVarint(uint64(inner))+inner)
-		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(inner))
-		b = protowire.AppendTag(b, 1, protowire.BytesType)
-		b = protowire.AppendString(b, e.version)
-		b = protowire.AppendTag(b, 2, protowire.BytesType)
-		b = protowire.AppendVarint(b, uint64(anyLen))
-		b = appendAny(b, e.any)
-		b = protowire.AppendTag(b, 3, protowire.BytesType)
-		e.delta = protowire.AppendString(b, e.name)
-	})
-	return e.delta
+// innerSize is the size of the element's message: the Any (SotW), or a
+// discovery.v3.Resource{version=1, resource=2, name=3} (delta).
+func (e *encoding) innerSize(delta bool) int {
+	anyLen := anySize(e.any)
+	if !delta {
+		return anyLen
+	}
+	return protowire.SizeTag(1) + protowire.SizeBytes(len(e.version)) +
+		protowire.SizeTag(2) + protowire.SizeBytes(anyLen) +
+		protowire.SizeTag(3) + protowire.SizeBytes(len(e.name))
+}
+
+// elementSize is the size of the resource as one element of field 2
+// (resources) of a DiscoveryResponse or DeltaDiscoveryResponse.
+func (e *encoding) elementSize(delta bool) int {
+	return protowire.SizeTag(2) + protowire.SizeBytes(e.innerSize(delta))
+}
+
+// appendElement appends the resource as one element of field 2 of a
+// DiscoveryResponse (delta false) or DeltaDiscoveryResponse.
+func (e *encoding) appendElement(b []byte, delta bool) []byte {
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(e.innerSize(delta)))
+	if !delta {
+		return appendAny(b, e.any)
+	}
+	b = protowire.AppendTag(b, 1, protowire.BytesType)
+	b = protowire.AppendString(b, e.version)
+	b = protowire.AppendTag(b, 2, protowire.BytesType)
+	b = protowire.AppendVarint(b, uint64(anySize(e.any)))
+	b = appendAny(b, e.any)
+	b = protowire.AppendTag(b, 3, protowire.BytesType)
+	return protowire.AppendString(b, e.name)
 }
 
 // encodingOf returns r's encoding, encoding it now if the generator did
@@ -211,7 +258,8 @@ func bodyOf(res []*encoding, delta bool) body {
 		for end < len(res) {
 			h := ptrHash(res[end])
 			end++
-			if h%chunkEvery == 0 || end-start == chunkMax {
+			if h%chunkEvery == 0 || end-start == chunkMax ||
+				(end < len(res) && kindOf(res[end].name) != kindOf(res[end-1].name)) {
 				break
 			}
 		}
@@ -219,6 +267,18 @@ func bodyOf(res []*encoding, delta bool) body {
 		start = end
 	}
 	return out
+}
+
+// kindOf is a resource name's first "|"-separated part ("inbound",
+// "outbound"), empty when it has none. Chunks do not span two kinds: a
+// sidecar's own inbound clusters then sit in a chunk of their own (its
+// only unshared bytes) instead of making a chunk of up to chunkMax
+// outbound clusters unique to it, which cost 50 KB per proxy.
+func kindOf(name string) string {
+	if i := strings.IndexByte(name, '|'); i >= 0 {
+		return name[:i]
+	}
+	return ""
 }
 
 func ptrHash(e *encoding) uint64 {
@@ -244,19 +304,11 @@ func chunkOf(res []*encoding, delta bool) *chunk {
 	}
 	n := 0
 	for _, e := range res {
-		if delta {
-			n += len(e.deltaElement())
-		} else {
-			n += len(e.sotw)
-		}
+		n += e.elementSize(delta)
 	}
 	c := &chunk{encs: slices.Clone(res), bytes: make([]byte, 0, n)}
 	for _, e := range res {
-		if delta {
-			c.bytes = append(c.bytes, e.deltaElement()...)
-		} else {
-			c.bytes = append(c.bytes, e.sotw...)
-		}
+		c.bytes = e.appendElement(c.bytes, delta)
 	}
 	wp := weak.Make(c)
 	chunks.Store(key, wp)
@@ -290,9 +342,18 @@ func (c codec) Marshal(v any) (mem.BufferSlice, error) {
 }
 
 func (c codec) Unmarshal(data mem.BufferSlice, v any) error {
-	if req, ok := v.(*discoveryv3.DiscoveryRequest); ok {
+	switch req := v.(type) {
+	case *discoveryv3.DiscoveryRequest:
 		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
-		ok = decodeRequest(buf.ReadOnlyData(), req)
+		ok := decodeRequest(buf.ReadOnlyData(), req)
+		buf.Free()
+		if ok {
+			return nil
+		}
+		req.Reset()
+	case *discoveryv3.DeltaDiscoveryRequest:
+		buf := data.MaterializeToBuffer(mem.DefaultBufferPool())
+		ok := decodeDeltaRequest(buf.ReadOnlyData(), req)
 		buf.Free()
 		if ok {
 			return nil
@@ -308,8 +369,21 @@ func (codec) Name() string { return "proto" }
 // Registered on must be created with: they install the codec that sends
 // pre-encoded responses (without it every response fails to marshal).
 func GRPCServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.ForceServerCodecV2(codec{proto: grpcencoding.GetCodecV2("proto")})}
+	return []grpc.ServerOption{
+		grpc.ForceServerCodecV2(codec{proto: grpcencoding.GetCodecV2("proto")}),
+		// A push writes the same large responses (a route configuration
+		// of every service) to thousands of streams: gRPC's 32 KB write
+		// buffer made a write system call per 32 KB, a fifth of skiffd's
+		// CPU in a push. The buffer is taken from a pool only while a
+		// connection has something to write, so an idle proxy costs none.
+		grpc.WriteBufferSize(writeBufferSize),
+		grpc.SharedWriteBuffer(true),
+	}
 }
+
+// writeBufferSize is how much a connection's transport gathers before a
+// write system call.
+const writeBufferSize = 256 << 10
 
 // nameList is a sorted subscription. Proxies alike subscribe to the same
 // thousands of names; each list is kept once and shared by every watch
@@ -384,31 +458,76 @@ func (t *interner) intern(b []byte) string {
 // false when the message is not well-formed, for the proto library to
 // decode and explain.
 func decodeRequest(b []byte, req *discoveryv3.DiscoveryRequest) bool {
-	var rest []byte
 	var list []string
-	for len(b) > 0 {
-		num, typ, n := protowire.ConsumeTag(b)
-		if n < 0 {
+	rest, ok := splitNames(b, func(num protowire.Number, name []byte) bool {
+		if num != 3 {
 			return false
 		}
-		m := protowire.ConsumeFieldValue(num, typ, b[n:])
-		if m < 0 {
-			return false
-		}
-		if num == 3 && typ == protowire.BytesType {
-			v, k := protowire.ConsumeBytes(b[n:])
-			if k < 0 || !utf8.Valid(v) {
-				return false
-			}
-			list = append(list, names.intern(v))
-		} else {
-			rest = append(rest, b[:n+m]...)
-		}
-		b = b[n+m:]
+		list = append(list, names.intern(name))
+		return true
+	})
+	if !ok {
+		return false
 	}
 	if err := proto.Unmarshal(rest, req); err != nil {
 		return false
 	}
 	req.ResourceNames = list
 	return true
+}
+
+// decodeDeltaRequest is decodeRequest for a DeltaDiscoveryRequest: its
+// first request per type subscribes to thousands of names (every cluster
+// of the mesh), the same for every sidecar. Subscribed (3) and
+// unsubscribed (4) names are interned.
+func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) bool {
+	var sub, unsub []string
+	rest, ok := splitNames(b, func(num protowire.Number, name []byte) bool {
+		switch num {
+		case 3:
+			sub = append(sub, names.intern(name))
+		case 4:
+			unsub = append(unsub, names.intern(name))
+		default:
+			return false
+		}
+		return true
+	})
+	if !ok {
+		return false
+	}
+	if err := proto.Unmarshal(rest, req); err != nil {
+		return false
+	}
+	req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe = sub, unsub
+	return true
+}
+
+// splitNames offers each well-formed string field 3 or 4 of message b to
+// take, and returns the fields take declined, for the proto library. It
+// reports false when b is not well-formed.
+func splitNames(b []byte, take func(num protowire.Number, name []byte) bool) (rest []byte, ok bool) {
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return nil, false
+		}
+		m := protowire.ConsumeFieldValue(num, typ, b[n:])
+		if m < 0 {
+			return nil, false
+		}
+		taken := false
+		if (num == 3 || num == 4) && typ == protowire.BytesType {
+			v, k := protowire.ConsumeBytes(b[n:])
+			if k < 0 || !utf8.Valid(v) {
+				return nil, false
+			}
+			taken = take(num, v)
+		}
+		if !taken {
+			rest = append(rest, b[:n+m]...)
+		}
+		b = b[n+m:]
+	}
+	return rest, true
 }

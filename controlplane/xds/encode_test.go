@@ -3,6 +3,7 @@ package xds
 import (
 	"bytes"
 	"fmt"
+	"runtime"
 	"slices"
 	"testing"
 	"unsafe"
@@ -81,7 +82,9 @@ func TestChunksSharedAcrossListsThatDifferByOne(t *testing.T) {
 		name := fmt.Sprintf("outbound|8080||svc-%04d.load.svc.cluster.local", i)
 		common = append(common, MustResource(name, &clusterv3.Cluster{Name: name}).enc)
 	}
-	own := MustResource("inbound|8080||", &clusterv3.Cluster{Name: "inbound|8080||"}).enc
+	// One more of the same kind (a resource of another kind gets a chunk
+	// of its own: see the next test).
+	own := MustResource("outbound|8080||svc-0999x.load.svc.cluster.local", &clusterv3.Cluster{Name: "outbound|8080||svc-0999x.load.svc.cluster.local"}).enc
 	a := bodyOf(common, false)
 	b := bodyOf(append(slices.Clone(common[:1000]), append([]*encoding{own}, common[1000:]...)...), false)
 	shared := 0
@@ -100,11 +103,45 @@ func TestChunksSharedAcrossListsThatDifferByOne(t *testing.T) {
 	if got, want := len(bytes.Join(first(sotwResponse(ClusterType, "v", "n", common)).parts[1:], nil)), func() int {
 		n := 0
 		for _, e := range common {
-			n += len(e.sotw)
+			n += e.elementSize(false)
 		}
 		return n
 	}(); got != want {
 		t.Errorf("body holds %d bytes, want the %d of its encodings", got, want)
+	}
+}
+
+// Sidecars of one namespace get the same clusters but their own inbound
+// ones: the chunks they do not share hold only those.
+func TestChunksIsolateEachProxysOwnResources(t *testing.T) {
+	cluster := func(name string) *encoding { return MustResource(name, &clusterv3.Cluster{Name: name}).enc }
+	common := []*encoding{cluster("BlackHoleCluster"), cluster("InboundPassthroughCluster"), cluster("PassthroughCluster")}
+	var outbound []*encoding
+	for i := range 500 {
+		outbound = append(outbound, cluster(fmt.Sprintf("outbound|8080||svc-%04d.load.svc.cluster.local", i)))
+	}
+	bodies := map[*encoding]body{}
+	for i := range 20 {
+		own := cluster(fmt.Sprintf("inbound|%d||", 8000+i))
+		res := append(append(slices.Clone(common), own), outbound...)
+		bodies[own] = bodyOf(res, true)
+	}
+	seen := map[*chunk]int{}
+	for _, b := range bodies {
+		for _, c := range b {
+			seen[c]++
+		}
+	}
+	for own, b := range bodies {
+		for _, c := range b {
+			if seen[c] == 1 && !slices.Equal(c.encs, []*encoding{own}) {
+				names := []string{}
+				for _, e := range c.encs {
+					names = append(names, e.name)
+				}
+				t.Fatalf("a chunk only %s's body holds carries %d resources %q; want only its own", own.name, len(c.encs), names[:min(len(names), 4)])
+			}
+		}
 	}
 }
 
@@ -145,4 +182,62 @@ func TestRequestsDecodeWithInternedNames(t *testing.T) {
 	if err := (codec{proto: grpcencoding.GetCodecV2("proto")}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &r); err == nil {
 		t.Errorf("a resource name that is not UTF-8 decoded without error")
 	}
+}
+
+// Delta requests subscribe with the same thousands of names on every
+// sidecar: they decode like the proto library's, with interned names.
+func TestDeltaRequestsDecodeWithInternedNames(t *testing.T) {
+	want := &discoveryv3.DeltaDiscoveryRequest{
+		TypeUrl: EndpointType, ResponseNonce: "n-4",
+		Node:                     &corev3.Node{Id: "sidecar~10.0.0.1~a.default~default.svc.cluster.local"},
+		ResourceNamesSubscribe:   []string{"outbound|80||a.default.svc.cluster.local", "outbound|80||b.default.svc.cluster.local"},
+		ResourceNamesUnsubscribe: []string{"outbound|80||c.default.svc.cluster.local"},
+		InitialResourceVersions:  map[string]string{"outbound|80||a.default.svc.cluster.local": "7f"},
+		ErrorDetail:              &statuspb.Status{Code: 3, Message: "rejected"},
+	}
+	b, err := proto.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got1, got2 discoveryv3.DeltaDiscoveryRequest
+	for _, got := range []*discoveryv3.DeltaDiscoveryRequest{&got1, &got2} {
+		if err := (codec{proto: grpcencoding.GetCodecV2("proto")}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(b)}, got); err != nil {
+			t.Fatal(err)
+		}
+		if !proto.Equal(want, got) {
+			t.Fatalf("decoded:\n%s\nwant:\n%s", prototext.Format(got), prototext.Format(want))
+		}
+	}
+	if unsafe.StringData(got1.ResourceNamesSubscribe[1]) != unsafe.StringData(got2.ResourceNamesSubscribe[1]) ||
+		unsafe.StringData(got1.ResourceNamesUnsubscribe[0]) != unsafe.StringData(got2.ResourceNamesUnsubscribe[0]) {
+		t.Errorf("the same name in two requests was allocated twice")
+	}
+
+	for _, num := range []protowire.Number{3, 4} {
+		bad := protowire.AppendTag(nil, num, protowire.BytesType)
+		bad = protowire.AppendBytes(bad, []byte{0xff, 0xfe})
+		var r discoveryv3.DeltaDiscoveryRequest
+		if err := (codec{proto: grpcencoding.GetCodecV2("proto")}).Unmarshal(mem.BufferSlice{mem.SliceBuffer(bad)}, &r); err == nil {
+			t.Errorf("a field %d name that is not UTF-8 decoded without error", num)
+		}
+	}
+}
+
+// Equal resources built for different proxy groups share one encoding;
+// a resource that differs in content or name does not.
+func TestEqualResourcesShareTheirEncoding(t *testing.T) {
+	mk := func(name string, typ clusterv3.Cluster_DiscoveryType) *encoding {
+		return MustResource(name, &clusterv3.Cluster{Name: name, ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: typ}}).enc
+	}
+	a, b := mk("outbound|80||a.default.svc.cluster.local", clusterv3.Cluster_EDS), mk("outbound|80||a.default.svc.cluster.local", clusterv3.Cluster_EDS)
+	if a != b {
+		t.Errorf("two equal clusters got two encodings")
+	}
+	if c := mk("outbound|80||a.default.svc.cluster.local", clusterv3.Cluster_STRICT_DNS); c == a || c.version == a.version {
+		t.Errorf("a cluster of other content shares the encoding (or version) of the first")
+	}
+	if d := mk("outbound|81||a.default.svc.cluster.local", clusterv3.Cluster_EDS); d == a {
+		t.Errorf("a cluster of another name shares the encoding of the first")
+	}
+	runtime.KeepAlive(a)
 }

@@ -5,10 +5,7 @@ import (
 	"unique"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	"google.golang.org/protobuf/encoding/protowire"
-	"google.golang.org/protobuf/proto"
 )
 
 // The four xDS types a sidecar subscribes to, in the order Envoy asks.
@@ -46,31 +43,30 @@ type decoded struct {
 	// deps are the EDS service name of an EDS Cluster, or the route
 	// config names of a Listener's HTTP connection managers.
 	deps []unique.Handle[string]
-	raw  []byte
+	raw  span
 }
 
 // decode reads a resource of typeURL. Clusters, load assignments and
 // route configurations are only scanned for the few fields a sidecar's
-// subscriptions depend on: control planes marshal per proxy and not
-// deterministically, so every proxy gets different bytes, and fully
-// decoding thousands of resources per proxy would make the load tool,
-// not skiffd, the bottleneck.
-func decode(typeURL string, raw []byte) (decoded, error) {
+// subscriptions depend on, where they lie in gRPC's buffers: every proxy
+// gets the same megabytes, and fully decoding thousands of resources per
+// proxy would make the load tool, not skiffd, the bottleneck.
+func decode(typeURL string, raw span) (decoded, error) {
 	d := decoded{raw: raw}
 	switch typeURL {
 	case ClusterType:
-		var name, service string
+		var name, service span
 		typ := uint64(clusterv3.Cluster_STATIC)
-		err := scan(raw, func(num protowire.Number, v []byte, n uint64) error {
+		err := scanSpan(raw, fields(1, 3), func(num protowire.Number, v span, n uint64) error {
 			switch num {
 			case 1:
-				name = string(v)
+				name = v
 			case 2:
 				typ = n
-			case 3:
-				return scan(v, func(num protowire.Number, v []byte, _ uint64) error {
+			case 3: // eds_cluster_config: service_name 2
+				return scanSpan(v, fields(2), func(num protowire.Number, v span, _ uint64) error {
 					if num == 2 {
-						service = string(v)
+						service = v
 					}
 					return nil
 				})
@@ -80,34 +76,60 @@ func decode(typeURL string, raw []byte) (decoded, error) {
 		if err != nil {
 			return d, fmt.Errorf("decoding Cluster: %w", err)
 		}
-		d.name = unique.Make(name)
+		d.name = internSpan(name)
 		if typ == uint64(clusterv3.Cluster_EDS) {
-			if service == "" {
+			if service.len() == 0 {
 				service = name
 			}
-			d.deps = []unique.Handle[string]{unique.Make(service)}
+			d.deps = []unique.Handle[string]{internSpan(service)}
 		}
 	case EndpointType, RouteType:
-		name, err := stringField(raw, 1) // cluster_name, name
+		name, err := spanField(raw, 1) // cluster_name, name
 		if err != nil {
 			return d, fmt.Errorf("decoding %s: %w", ShortType(typeURL), err)
 		}
-		d.name = unique.Make(name)
+		d.name = internSpan(name)
 	case ListenerType:
-		l := &listenerv3.Listener{}
-		if err := proto.Unmarshal(raw, l); err != nil {
+		// A sidecar has a few listeners: read them from one slice.
+		b := raw.bytes()
+		var name []byte
+		var chains [][]byte
+		err := scan(b, func(num protowire.Number, v []byte, _ uint64) error {
+			switch num {
+			case 1:
+				name = v
+			case 3, 25: // filter_chains, default_filter_chain
+				chains = append(chains, v)
+			}
+			return nil
+		})
+		if err != nil {
 			return d, fmt.Errorf("decoding Listener: %w", err)
 		}
-		d.name = unique.Make(l.GetName())
-		deps, err := routeNames(l)
-		if err != nil {
-			return d, fmt.Errorf("listener %s: %w", l.GetName(), err)
+		d.name = intern(name)
+		for _, fc := range chains {
+			deps, err := routeNames(fc)
+			if err != nil {
+				return d, fmt.Errorf("listener %s: %w", name, err)
+			}
+			d.deps = append(d.deps, deps...)
 		}
-		d.deps = deps
 	default:
 		return d, fmt.Errorf("resource of unexpected type %s", typeURL)
 	}
 	return d, nil
+}
+
+// spanField is the last value of length-delimited field num in s.
+func spanField(s span, num protowire.Number) (span, error) {
+	var out span
+	err := scanSpan(s, fields(num), func(n protowire.Number, v span, _ uint64) error {
+		if n == num {
+			out = v
+		}
+		return nil
+	})
+	return out, err
 }
 
 // scan calls f for each field of the message in b with its number and
@@ -140,40 +162,66 @@ func scan(b []byte, f func(num protowire.Number, v []byte, n uint64) error) erro
 	return nil
 }
 
-// stringField is the last value of string field num in message b.
-func stringField(b []byte, num protowire.Number) (string, error) {
-	var s string
+// bytesField is the last value of length-delimited field num in message b
+// (a sub-slice of b).
+func bytesField(b []byte, num protowire.Number) ([]byte, error) {
+	var out []byte
 	err := scan(b, func(n protowire.Number, v []byte, _ uint64) error {
 		if n == num {
-			s = string(v)
+			out = v
 		}
 		return nil
 	})
-	return s, err
+	return out, err
 }
 
-// routeNames are the RDS route configs the listener's HTTP connection
-// managers name, in every filter chain and the default one.
-func routeNames(l *listenerv3.Listener) ([]unique.Handle[string], error) {
-	chains := l.GetFilterChains()
-	if dc := l.GetDefaultFilterChain(); dc != nil {
-		chains = append(chains[:len(chains):len(chains)], dc)
-	}
+// hcmType is the type URL of the HTTP connection manager filter's config.
+const hcmType = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+// routeNames are the RDS route configs the HTTP connection managers of a
+// filter chain name, read from the wire as Envoy's would be found:
+// FilterChain.filters 3 → Filter{name 1, typed_config 4: Any{type_url 1,
+// value 2}} → HttpConnectionManager.rds 3 → Rds.route_config_name 2.
+func routeNames(chain []byte) ([]unique.Handle[string], error) {
 	var out []unique.Handle[string]
-	for _, fc := range chains {
-		for _, f := range fc.GetFilters() {
-			tc := f.GetTypedConfig()
-			if tc == nil || tc.GetTypeUrl() != "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager" {
-				continue
-			}
-			h := &hcmv3.HttpConnectionManager{}
-			if err := tc.UnmarshalTo(h); err != nil {
-				return nil, fmt.Errorf("decoding HttpConnectionManager in filter chain %q: %w", fc.GetName(), err)
-			}
-			if n := h.GetRds().GetRouteConfigName(); n != "" {
-				out = append(out, unique.Make(n))
-			}
+	err := scan(chain, func(num protowire.Number, filter []byte, _ uint64) error {
+		if num != 3 {
+			return nil
 		}
-	}
-	return out, nil
+		tc, err := bytesField(filter, 4)
+		if err != nil || tc == nil {
+			return err
+		}
+		var url, val []byte
+		if err := scan(tc, func(num protowire.Number, v []byte, _ uint64) error {
+			switch num {
+			case 1:
+				url = v
+			case 2:
+				val = v
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		if string(url) != hcmType {
+			return nil
+		}
+		rds, err := bytesField(val, 3)
+		if err != nil {
+			return fmt.Errorf("decoding HttpConnectionManager: %w", err)
+		}
+		if rds == nil {
+			return nil
+		}
+		name, err := bytesField(rds, 2)
+		if err != nil {
+			return fmt.Errorf("decoding HttpConnectionManager.rds: %w", err)
+		}
+		if len(name) > 0 {
+			out = append(out, intern(name))
+		}
+		return nil
+	})
+	return out, err
 }

@@ -39,7 +39,12 @@ type Fleet struct {
 	allSync chan struct{}
 	cur     atomic.Pointer[Wait]
 	want    []unique.Handle[string]
+	// received counts the bytes of every response the proxies read.
+	received atomic.Int64
 }
+
+// Received is how many bytes of responses the proxies have read so far.
+func (f *Fleet) Received() int64 { return f.received.Load() }
 
 // StartFleet opens one ADS stream per pod in pods and returns at once; the
 // streams run until Stop.
@@ -61,7 +66,11 @@ func StartFleet(ctx context.Context, pods []*Pod, o FleetOptions) (*Fleet, error
 			var err error
 			cc, err = grpc.NewClient(o.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
 				// One EDS response for a thousand services exceeds gRPC's 4 MB default.
-				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20)))
+				grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(512<<20)),
+				// Many proxies share a connection here, where each Envoy
+				// reads its own: a larger read buffer saves the tool read
+				// system calls (skiffd writes up to 256 KB at once).
+				grpc.WithReadBufferSize(readBufferSize(o.ProxiesPerConn)))
 			if err != nil {
 				f.Stop()
 				return nil, fmt.Errorf("xDS address %q: %w", o.Addr, err)
@@ -80,6 +89,10 @@ func StartFleet(ctx context.Context, pods []*Pod, o FleetOptions) (*Fleet, error
 	}
 	return f, nil
 }
+
+// readBufferSize is a connection's read buffer: gRPC's 32 KB for a
+// proxy of its own, up to 256 KB for many.
+func readBufferSize(proxies int) int { return min(proxies, 8) * 32 << 10 }
 
 // Conns is how many gRPC client connections carry the streams.
 func (f *Fleet) Conns() int { return len(f.conns) }
@@ -146,13 +159,18 @@ func (f *Fleet) Errors() (decode, stream int64) {
 }
 
 // Expectation is content a change should bring to every proxy: a resource
-// of TypeURL whose serialized form satisfies Match. Matchers decode only
-// the part they look at: every proxy runs them on every response.
+// of TypeURL whose serialized form satisfies match. Matchers read only the
+// part they look at, where it lies: every proxy runs them on every
+// response.
 type Expectation struct {
 	TypeURL string
 	What    string // for messages: "route weights 30/70 for reviews.default.svc.cluster.local:9080"
-	Match   func(raw []byte) bool
+	match   func(raw span) bool
 }
+
+// Match reports whether the serialized resource raw holds the expected
+// content.
+func (e Expectation) Match(raw []byte) bool { return e.match(spanOf(raw)) }
 
 // RouteWeights expects a route configuration whose virtual host for
 // host:port (Istio's name for it) has a route splitting between the v1 and
@@ -164,18 +182,18 @@ func RouteWeights(host string, port, w1, w2 int) Expectation {
 	return Expectation{
 		TypeURL: RouteType,
 		What:    fmt.Sprintf("route weights %d/%d for %s", w1, w2, vh),
-		Match: func(raw []byte) bool {
+		match: func(raw span) bool {
 			found := false
 			// A malformed body was already counted when the proxy decoded it.
-			_ = scan(raw, func(num protowire.Number, v []byte, _ uint64) error {
+			_ = scanSpan(raw, fields(2), func(num protowire.Number, v span, _ uint64) error {
 				if num != 2 || found { // virtual_hosts
 					return nil
 				}
-				if name, err := stringField(v, 1); err != nil || name != vh {
+				if name, err := spanField(v, 1); err != nil || !name.equal(vh) {
 					return nil
 				}
 				h := &routev3.VirtualHost{}
-				if proto.Unmarshal(v, h) != nil {
+				if proto.Unmarshal(v.bytes(), h) != nil {
 					return nil
 				}
 				for _, r := range h.GetRoutes() {
@@ -199,12 +217,12 @@ func EndpointAddress(cluster, ip string) Expectation {
 	return Expectation{
 		TypeURL: EndpointType,
 		What:    fmt.Sprintf("endpoint %s in %s", ip, cluster),
-		Match: func(raw []byte) bool {
-			if name, err := stringField(raw, 1); err != nil || name != cluster {
+		match: func(raw span) bool {
+			if name, err := spanField(raw, 1); err != nil || !name.equal(cluster) {
 				return false
 			}
 			la := &endpointv3.ClusterLoadAssignment{}
-			if proto.Unmarshal(raw, la) != nil {
+			if proto.Unmarshal(raw.bytes(), la) != nil {
 				return false
 			}
 			for _, le := range la.GetEndpoints() {
@@ -246,7 +264,7 @@ func (f *Fleet) observe(p *Proxy, typeURL string, got []decoded, acked time.Time
 		return
 	}
 	for _, d := range got {
-		if w.exp.Match(d.raw) {
+		if w.exp.match(d.raw) {
 			if w.acked[p.Index].CompareAndSwap(0, max(int64(acked.Sub(w.t0)), 1)) && w.pending.Add(-1) == 0 {
 				close(w.done)
 			}

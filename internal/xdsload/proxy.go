@@ -191,35 +191,43 @@ func (p *Proxy) runSotW(ctx context.Context, cc *grpc.ClientConn) error {
 		return err
 	}
 	for {
-		var b []byte
-		if err := stream.RecvMsg(&b); err != nil {
-			return err
-		}
-		now := time.Now()
-		resp, err := parseSotW(b)
-		if err != nil {
-			// The nonce is unknown: nothing can be ACKed, as Envoy would fail.
-			return err
-		}
-		got := make([]decoded, 0, len(resp.resources))
-		for _, r := range resp.resources {
-			d, err := decode(resp.typeURL, r.value)
-			if err != nil {
-				p.fail(&p.decodeErrors, fmt.Errorf("%s version %s: %w", ShortType(resp.typeURL), resp.version, err))
-				continue
-			}
-			got = append(got, d)
-		}
-		ver := unique.Make(resp.version)
-		full := resp.typeURL == ClusterType || resp.typeURL == ListenerType
-		if err := p.apply(send, resp.typeURL, resp.version, resp.nonce, full, func(m map[unique.Handle[string]]resState) {
-			for _, d := range got {
-				m[d.name] = resState{version: ver, at: now.UnixNano(), deps: d.deps}
-			}
-		}, got); err != nil {
+		if err := p.handleSotW(stream, send); err != nil {
 			return err
 		}
 	}
+}
+
+// handleSotW receives and handles one response; the resources' bytes stay
+// in gRPC's buffers until it returns.
+func (p *Proxy) handleSotW(stream grpc.ClientStream, send sender) error {
+	var m wireMsg
+	if err := stream.RecvMsg(&m); err != nil {
+		return err
+	}
+	defer m.free()
+	now := time.Now()
+	p.fleet.received.Add(int64(m.bufs.Len()))
+	resp, err := parseSotW(&m)
+	if err != nil {
+		// The nonce is unknown: nothing can be ACKed, as Envoy would fail.
+		return err
+	}
+	got := make([]decoded, 0, len(resp.resources))
+	for _, r := range resp.resources {
+		d, err := decode(resp.typeURL, r.value)
+		if err != nil {
+			p.fail(&p.decodeErrors, fmt.Errorf("%s version %s: %w", ShortType(resp.typeURL), resp.version, err))
+			continue
+		}
+		got = append(got, d)
+	}
+	ver := intern([]byte(resp.version))
+	full := resp.typeURL == ClusterType || resp.typeURL == ListenerType
+	return p.apply(send, resp.typeURL, resp.version, resp.nonce, full, func(m map[unique.Handle[string]]resState) {
+		for _, d := range got {
+			m[d.name] = resState{version: ver, at: now.UnixNano(), deps: d.deps}
+		}
+	}, got)
 }
 
 func (p *Proxy) runDelta(ctx context.Context, cc *grpc.ClientConn) error {
@@ -244,42 +252,50 @@ func (p *Proxy) runDelta(ctx context.Context, cc *grpc.ClientConn) error {
 		return err
 	}
 	for {
-		var b []byte
-		if err := stream.RecvMsg(&b); err != nil {
-			return err
-		}
-		now := time.Now()
-		resp, err := parseDelta(b)
-		if err != nil {
-			return err
-		}
-		type upd struct {
-			d   decoded
-			ver unique.Handle[string]
-		}
-		ups := make([]upd, 0, len(resp.resources))
-		got := make([]decoded, 0, len(resp.resources))
-		for _, r := range resp.resources {
-			d, err := decode(resp.typeURL, r.value)
-			if err != nil {
-				p.fail(&p.decodeErrors, fmt.Errorf("%s resource %s: %w", ShortType(resp.typeURL), r.name, err))
-				continue
-			}
-			ups = append(ups, upd{d, unique.Make(r.version)})
-			got = append(got, d)
-		}
-		removed := resp.removed
-		if err := p.apply(send, resp.typeURL, resp.version, resp.nonce, false, func(m map[unique.Handle[string]]resState) {
-			for _, u := range ups {
-				m[u.d.name] = resState{version: u.ver, at: now.UnixNano(), deps: u.d.deps}
-			}
-			for _, n := range removed {
-				delete(m, unique.Make(n))
-			}
-		}, got); err != nil {
+		if err := p.handleDelta(stream, send); err != nil {
 			return err
 		}
 	}
+}
+
+// handleDelta receives and handles one response; the resources' bytes
+// stay in gRPC's buffers until it returns.
+func (p *Proxy) handleDelta(stream grpc.ClientStream, send sender) error {
+	var m wireMsg
+	if err := stream.RecvMsg(&m); err != nil {
+		return err
+	}
+	defer m.free()
+	now := time.Now()
+	p.fleet.received.Add(int64(m.bufs.Len()))
+	resp, err := parseDelta(&m)
+	if err != nil {
+		return err
+	}
+	type upd struct {
+		d   decoded
+		ver unique.Handle[string]
+	}
+	ups := make([]upd, 0, len(resp.resources))
+	got := make([]decoded, 0, len(resp.resources))
+	for i, r := range resp.resources {
+		d, err := decode(resp.typeURL, r.value)
+		if err != nil {
+			p.fail(&p.decodeErrors, fmt.Errorf("%s version %s, resource %d: %w", ShortType(resp.typeURL), resp.version, i, err))
+			continue
+		}
+		ups = append(ups, upd{d, r.version})
+		got = append(got, d)
+	}
+	removed := resp.removed
+	return p.apply(send, resp.typeURL, resp.version, resp.nonce, false, func(m map[unique.Handle[string]]resState) {
+		for _, u := range ups {
+			m[u.d.name] = resState{version: u.ver, at: now.UnixNano(), deps: u.d.deps}
+		}
+		for _, n := range removed {
+			delete(m, unique.Make(n))
+		}
+	}, got)
 }
 
 // start subscribes to clusters, as Envoy does first; listeners follow once

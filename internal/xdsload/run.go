@@ -10,6 +10,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"time"
@@ -35,6 +37,10 @@ type Options struct {
 	Gap           time.Duration // pause between changes, longer than skiffd's debounce (default 500ms)
 
 	Progress io.Writer // one line per phase; nil discards
+
+	// HeapProfile, when set, receives the tool's heap profile once every
+	// proxy is synced (its largest state).
+	HeapProfile io.Writer
 }
 
 // Report is the figures of one run, printed as a table and as JSON.
@@ -44,13 +50,19 @@ type Report struct {
 	Delta                           bool
 	InitialSyncMS                   Millis
 	Resources                       map[string]int // per proxy, of the first proxy: CDS, EDS, LDS, RDS
-	VirtualService                  ChangeStats
-	Endpoint                        ChangeStats
-	Skiffd                          *ProcStats `json:",omitempty"`
+	// What the proxies read, all of them together: the initial sync, and
+	// on average while one change of each kind was followed.
+	SyncMB, VirtualServiceMB, EndpointMB float64
+	VirtualService                       ChangeStats
+	Endpoint                             ChangeStats
+	Skiffd                               *ProcStats `json:",omitempty"`
 	// The load tool's own peak memory and CPU over the run: when it is
 	// near skiffd's CPU on the same machine, the two compete and the
 	// times above include the tool's share.
-	ToolPeakRSSMB, ToolCPUSec  float64
+	ToolPeakRSSMB, ToolCPUSec float64
+	// Tool is the load tool's own memory and CPU in the same phases as
+	// Skiffd's, so the two can be told apart.
+	Tool                       *ProcStats
 	DecodeErrors, StreamErrors int64
 }
 
@@ -67,7 +79,7 @@ type ChangeStats struct {
 	Failures                           []string `json:",omitempty"`
 }
 
-// ProcStats are skiffd's memory and CPU across the run.
+// ProcStats are a process's memory and CPU across the run (skiffd's, the tool's).
 type ProcStats struct {
 	PID                         int
 	RSSAfterSyncMB, HWMSyncMB   float64
@@ -114,6 +126,10 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	}
 	rep := &Report{Services: o.Spec.Services, Endpoints: o.Spec.Endpoints, Namespaces: o.Spec.Namespaces,
 		Proxies: o.Proxies, Delta: o.Fleet.Delta}
+	self := &phases{pid: os.Getpid()}
+	if err := self.start(); err != nil {
+		return nil, err
+	}
 	var before ProcSample
 	if o.PID != 0 {
 		if before, err = SampleProc(o.PID); err != nil {
@@ -136,11 +152,21 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		return nil, fmt.Errorf("initial sync: %w", err)
 	}
 	rep.InitialSyncMS = Millis(ms(sync))
+	rep.SyncMB = mb(fleet.Received())
 	rep.Resources = map[string]int{}
 	for _, s := range fleet.Proxies[0].Status() {
 		rep.Resources[s.Type] = s.Resources
 	}
 	fmt.Fprintf(o.Progress, "initial sync of %d proxies: %v (first proxy holds %v)\n", o.Proxies, sync.Round(time.Millisecond), rep.Resources)
+	if err := self.synced(); err != nil {
+		return nil, err
+	}
+	if o.HeapProfile != nil {
+		runtime.GC()
+		if err := pprof.WriteHeapProfile(o.HeapProfile); err != nil {
+			return nil, fmt.Errorf("writing the heap profile: %w", err)
+		}
+	}
 	var synced ProcSample
 	if rep.Skiffd != nil {
 		if synced, err = SampleProc(o.PID); err != nil {
@@ -152,15 +178,18 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 	split := mesh.SplitServices()
 	var vs, ep []Result
+	var vsBytes, epBytes int64
 	for r := 0; r < o.Reps && ctx.Err() == nil; r++ {
 		time.Sleep(o.Gap)
 		s := split[r%len(split)]
 		w1 := (s.WeightV1+7)%90 + 5 // 5..94, never the current weight
 		wait := fleet.Expect(RouteWeights(s.Host(), s.Port, w1, 100-w1))
+		before := fleet.Received()
 		if err := mesh.SetWeight(s, w1); err != nil {
 			return nil, err
 		}
 		res := wait.Wait(ctx, o.ChangeTimeout)
+		vsBytes += fleet.Received() - before
 		vs = append(vs, res)
 		fmt.Fprintf(o.Progress, "VirtualService change %d/%d (%s): last proxy %v, %d missing\n", r+1, o.Reps, res.What, res.Last.Round(time.Millisecond), res.Missing)
 
@@ -173,14 +202,19 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return nil, err
 		}
 		wait = fleet.Expect(EndpointAddress("outbound|"+strconv.Itoa(p.Service.Port)+"||"+p.Service.Host(), ip))
+		before = fleet.Received()
 		if err := mesh.MovePod(p, ip); err != nil {
 			return nil, err
 		}
 		res = wait.Wait(ctx, o.ChangeTimeout)
+		epBytes += fleet.Received() - before
 		ep = append(ep, res)
 		fmt.Fprintf(o.Progress, "endpoint change %d/%d (%s): last proxy %v, %d missing\n", r+1, o.Reps, res.What, res.Last.Round(time.Millisecond), res.Missing)
 	}
 	rep.VirtualService, rep.Endpoint = summarize(vs), summarize(ep)
+	if len(vs) > 0 {
+		rep.VirtualServiceMB, rep.EndpointMB = mb(vsBytes/int64(len(vs))), mb(epBytes/int64(len(ep)))
+	}
 	if rep.Skiffd != nil {
 		end, err := SampleProc(o.PID)
 		if err != nil {
@@ -190,12 +224,44 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		rep.Skiffd.CPUChangesSec = end.CPUSec - synced.CPUSec
 	}
 	rep.DecodeErrors, rep.StreamErrors = fleet.Errors()
-	self, err := SampleProc(os.Getpid())
-	if err != nil {
+	if err := self.end(); err != nil {
 		return nil, err
 	}
-	rep.ToolPeakRSSMB, rep.ToolCPUSec = mb(self.HWMBytes), self.CPUSec
+	rep.Tool = &self.stats
+	rep.ToolPeakRSSMB, rep.ToolCPUSec = self.stats.HWMEndMB, self.last.CPUSec
 	return rep, ctx.Err()
+}
+
+// phases samples a process at the start, after the initial sync and at
+// the end of a run.
+type phases struct {
+	pid                 int
+	first, atSync, last ProcSample
+	stats               ProcStats
+}
+
+func (p *phases) start() (err error) {
+	p.stats.PID = p.pid
+	p.first, err = SampleProc(p.pid)
+	return err
+}
+
+func (p *phases) synced() (err error) {
+	if p.atSync, err = SampleProc(p.pid); err != nil {
+		return err
+	}
+	p.stats.RSSAfterSyncMB, p.stats.HWMSyncMB = mb(p.atSync.RSSBytes), mb(p.atSync.HWMBytes)
+	p.stats.CPUSyncSec = p.atSync.CPUSec - p.first.CPUSec
+	return nil
+}
+
+func (p *phases) end() (err error) {
+	if p.last, err = SampleProc(p.pid); err != nil {
+		return err
+	}
+	p.stats.RSSAfterChangesMB, p.stats.HWMEndMB = mb(p.last.RSSBytes), mb(p.last.HWMBytes)
+	p.stats.CPUChangesSec = p.last.CPUSec - p.atSync.CPUSec
+	return nil
 }
 
 // startSkiffd runs skiffd on o.Dir with free loopback ports and waits
@@ -316,6 +382,8 @@ func (r *Report) WriteTable(w io.Writer) {
 		r.Services, r.Endpoints, r.Namespaces, r.Proxies, mode, r.Conns)
 	fmt.Fprintf(w, "initial sync of all proxies: %s ms (per proxy: CDS %d, EDS %d, LDS %d, RDS %d resources)\n",
 		num(r.InitialSyncMS), r.Resources["CDS"], r.Resources["EDS"], r.Resources["LDS"], r.Resources["RDS"])
+	fmt.Fprintf(w, "responses read by all proxies: %.1f MB to sync, %.1f MB per VirtualService change, %.1f MB per endpoint change\n",
+		r.SyncMB, r.VirtualServiceMB, r.EndpointMB)
 	fmt.Fprintf(w, "\n%-16s %5s %9s | %-27s | %-27s\n", "change", "reps", "complete", "last proxy ms p50/p99/max", "any proxy ms p50/p90/p99")
 	for _, c := range []struct {
 		name string
@@ -332,7 +400,11 @@ func (r *Report) WriteTable(w io.Writer) {
 		fmt.Fprintf(w, "\nskiffd (pid %d): after initial sync RSS %.1f MB (peak %.1f MB), %.2f CPU s; after the changes RSS %.1f MB (peak %.1f MB), %.2f CPU s\n",
 			s.PID, s.RSSAfterSyncMB, s.HWMSyncMB, s.CPUSyncSec, s.RSSAfterChangesMB, s.HWMEndMB, s.CPUChangesSec)
 	}
-	fmt.Fprintf(w, "load tool: peak RSS %.1f MB, %.2f CPU s\n", r.ToolPeakRSSMB, r.ToolCPUSec)
+	if s := r.Tool; s != nil {
+		fmt.Fprintf(w, "load tool (pid %d): after initial sync RSS %.1f MB (peak %.1f MB), %.2f CPU s; after the changes RSS %.1f MB (peak %.1f MB), %.2f CPU s\n",
+			s.PID, s.RSSAfterSyncMB, s.HWMSyncMB, s.CPUSyncSec, s.RSSAfterChangesMB, s.HWMEndMB, s.CPUChangesSec)
+	}
+	fmt.Fprintf(w, "load tool: peak RSS %.1f MB, %.2f CPU s in all\n", r.ToolPeakRSSMB, r.ToolCPUSec)
 	fmt.Fprintf(w, "proxy errors: %d responses or resources not decodable, %d broken streams\n", r.DecodeErrors, r.StreamErrors)
 }
 

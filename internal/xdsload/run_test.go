@@ -259,6 +259,9 @@ func TestRunMeasuresChangesEndToEnd(t *testing.T) {
 			if rep.ToolPeakRSSMB <= 0 || rep.ToolCPUSec <= 0 {
 				t.Errorf("tool figures: peak RSS %v MB, %v CPU s", rep.ToolPeakRSSMB, rep.ToolCPUSec)
 			}
+			if tl := rep.Tool; tl == nil || tl.RSSAfterSyncMB <= 0 || tl.HWMEndMB < tl.HWMSyncMB || tl.CPUSyncSec+tl.CPUChangesSec > rep.ToolCPUSec+0.01 {
+				t.Errorf("tool phases: %+v (all: %v CPU s)", tl, rep.ToolCPUSec)
+			}
 			if rep.DecodeErrors != 0 || rep.StreamErrors != 0 {
 				t.Errorf("%d decode errors, %d stream errors", rep.DecodeErrors, rep.StreamErrors)
 			}
