@@ -220,7 +220,7 @@ func (p *Proxy) setupXDS() error {
 				return d.DialContext(ctx, "tcp", a)
 			}))...)
 	}
-	p.xds = xdsclient.New(xdsclient.Config{Dial: dial, Node: p.node, Delta: bootstrap.UsesDelta(p.boot), Handler: p.cfg, Logger: p.log})
+	p.xds = xdsclient.New(xdsclient.Config{Dial: dial, Node: p.node, Delta: bootstrap.UsesDelta(p.boot), Handler: p.cfg, Logger: p.log, Stats: p.stats})
 	p.cfg.SetSubscriber(p.xds)
 	// Listeners follow once the first clusters are warm (compile.Manager).
 	p.xds.SubscribeWildcard(xdstypes.Cluster)

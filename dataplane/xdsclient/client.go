@@ -11,6 +11,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/skiff-mesh/skiff/dataplane/xdstypes"
+	"github.com/skiff-mesh/skiff/pkg/stats"
 )
 
 // Config says how to reach the management server and who receives updates.
@@ -32,6 +34,13 @@ type Config struct {
 	Delta   bool // DELTA_GRPC instead of GRPC
 	Handler Handler
 	Logger  *slog.Logger
+	// Stats, when set, receives Envoy's xDS health statistics:
+	// control_plane.connected_state, and per type
+	// cluster_manager.cds.*, listener_manager.lds.*, and for routes and
+	// endpoints (which Envoy counts per resource) xds.rds.* and xds.eds.*:
+	// update_attempt, update_success, update_rejected, update_time (ms
+	// since the epoch of the last success) and version (a hash of it).
+	Stats *stats.Store
 	// Reconnect backoff: exponential from BackoffBase to BackoffMax, with
 	// full jitter. Defaults 500ms and 30s.
 	BackoffBase, BackoffMax time.Duration
@@ -97,6 +106,15 @@ type Client struct {
 	mu        sync.Mutex
 	types     map[string]*typeState
 	connected bool
+
+	connectedState *stats.Gauge         // nil without Config.Stats
+	typeStats      map[string]*xdsStats // by type URL, fixed at New
+}
+
+// xdsStats are one type's update counters, as Envoy names them.
+type xdsStats struct {
+	attempt, success, rejected *stats.Counter
+	time, version              *stats.Gauge
 }
 
 // typeState is one type's subscription and protocol state. Guarded by
@@ -137,6 +155,26 @@ func New(cfg Config) *Client {
 	if log == nil {
 		log = slog.Default()
 	}
+	c := newClient(cfg, log)
+	if cfg.Stats != nil {
+		c.connectedState = cfg.Stats.Root().Gauge("control_plane.connected_state")
+		c.typeStats = map[string]*xdsStats{}
+		for typeURL, prefix := range map[string]string{
+			xdstypes.Cluster: "cluster_manager.cds.", xdstypes.Listener: "listener_manager.lds.",
+			xdstypes.RouteConfiguration: "xds.rds.", xdstypes.ClusterLoadAssignment: "xds.eds.",
+		} {
+			sc := cfg.Stats.Root()
+			c.typeStats[typeURL] = &xdsStats{
+				attempt: sc.Counter(prefix + "update_attempt"), success: sc.Counter(prefix + "update_success"),
+				rejected: sc.Counter(prefix + "update_rejected"),
+				time:     sc.Gauge(prefix + "update_time"), version: sc.Gauge(prefix + "version"),
+			}
+		}
+	}
+	return c
+}
+
+func newClient(cfg Config, log *slog.Logger) *Client {
 	return &Client{
 		cfg:   cfg,
 		log:   log.With("component", "xdsclient"),
@@ -353,6 +391,9 @@ func (c *Client) startStream() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.connected = true
+	if c.connectedState != nil {
+		c.connectedState.Set(1)
+	}
 	for _, t := range c.types {
 		t.sent, t.sentWild, t.sentNames = false, false, nil
 		// A nonce belongs to the stream that sent it.
@@ -363,6 +404,9 @@ func (c *Client) startStream() {
 func (c *Client) endStream() {
 	c.mu.Lock()
 	c.connected = false
+	if c.connectedState != nil {
+		c.connectedState.Set(0)
+	}
 	c.mu.Unlock()
 }
 
@@ -410,6 +454,18 @@ func (c *Client) handle(s stream, m any, first *bool) error {
 
 	c.mu.Lock()
 	now := time.Now()
+	if ts := c.typeStats[r.typeURL]; ts != nil {
+		ts.attempt.Inc()
+		if nack != nil {
+			ts.rejected.Inc()
+		} else {
+			ts.success.Inc()
+			ts.time.Set(now.UnixMilli())
+			h := fnv.New64a()
+			h.Write([]byte(r.version))
+			ts.version.Set(int64(h.Sum64() >> 1))
+		}
+	}
 	if nack != nil {
 		t.nackErr, t.nackAt = nack.Error(), now
 		c.log.Warn("NACK", "type", r.typeURL, "version", r.version, "nonce", r.nonce, "error", nack)

@@ -31,6 +31,7 @@ import (
 
 	"github.com/skiff-mesh/skiff/dataplane/xdsclient"
 	"github.com/skiff-mesh/skiff/dataplane/xdstypes"
+	"github.com/skiff-mesh/skiff/pkg/stats"
 )
 
 const nodeID = "sidecar~127.0.0.1~app.default~default.svc.cluster.local"
@@ -845,4 +846,66 @@ func TestUndecodableResourcesNACKed(t *testing.T) {
 	if u.Resources[1].Name != "wrapped" || u.Resources[1].Version != "w1" || u.Resources[1].Message.(*clusterv3.Cluster).GetName() != "wrapped" {
 		t.Errorf("wrapped Resource not unwrapped: %+v", u.Resources[1])
 	}
+}
+
+// The proxy's xDS health, under Envoy's statistic names: connected state,
+// and per type the updates attempted, accepted and rejected, the time of
+// the last good one and a hash of its version; the state drops to 0 when
+// the management server goes away.
+func TestXDSHealthStats(t *testing.T) {
+	srv := newXDSServer(t, cachev3.NewSnapshotCache(true, cachev3.IDHash{}, nil), "127.0.0.1:0")
+	srv.set(t, mesh{clusters: []string{"a"}, listeners: []string{"l1"}}, "1")
+	h := newRecorder()
+	h.setReject(func(typeURL string, u *xdsclient.Update) error {
+		for _, r := range u.Resources {
+			if r.Name == "poison" {
+				return fmt.Errorf("cluster %q: not supported", r.Name)
+			}
+		}
+		return nil
+	})
+	st := stats.New()
+	c := xdsclient.New(xdsclient.Config{
+		Dial: dialer(srv.addr), Node: &corev3.Node{Id: nodeID, Cluster: "app.default"},
+		Handler: h, Logger: slog.New(slog.DiscardHandler), Stats: st,
+		BackoffBase: 20 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
+	})
+	h.client = c
+	c.SubscribeWildcard(xdstypes.Cluster)
+	c.SubscribeWildcard(xdstypes.Listener)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go c.Run(ctx)
+	gauge := func(name string) int64 {
+		g, _ := st.Lookup(name).(*stats.Gauge)
+		if g == nil {
+			t.Fatalf("no gauge %s", name)
+		}
+		return g.Value()
+	}
+	eventually(t, "CDS v1 accepted", func() bool { return st.CounterValue("cluster_manager.cds.update_success") == 1 })
+	if gauge("control_plane.connected_state") != 1 {
+		t.Error("control_plane.connected_state is not 1 while connected")
+	}
+	if st.CounterValue("listener_manager.lds.update_success") < 1 || gauge("cluster_manager.cds.update_time") == 0 {
+		t.Error("LDS success or the CDS update time not recorded")
+	}
+	v1 := gauge("cluster_manager.cds.version")
+
+	srv.set(t, mesh{clusters: []string{"a", "poison"}, listeners: []string{"l1"}}, "2")
+	eventually(t, "CDS v2 rejected", func() bool { return st.CounterValue("cluster_manager.cds.update_rejected") >= 1 })
+	if got := gauge("cluster_manager.cds.version"); got != v1 {
+		t.Errorf("cds.version changed on a rejected update: %d → %d", v1, got)
+	}
+	srv.set(t, mesh{clusters: []string{"a", "b"}, listeners: []string{"l1"}}, "3")
+	eventually(t, "CDS v3 accepted", func() bool { return st.CounterValue("cluster_manager.cds.update_success") == 2 })
+	if got := gauge("cluster_manager.cds.version"); got == v1 {
+		t.Error("cds.version did not change with the accepted version")
+	}
+	if a, s, r := st.CounterValue("cluster_manager.cds.update_attempt"), st.CounterValue("cluster_manager.cds.update_success"), st.CounterValue("cluster_manager.cds.update_rejected"); a != s+r {
+		t.Errorf("cds attempts %d != successes %d + rejections %d", a, s, r)
+	}
+
+	srv.srv.Stop()
+	eventually(t, "connected_state 0 after the server stopped", func() bool { return gauge("control_plane.connected_state") == 0 })
 }
