@@ -70,7 +70,14 @@ func StartFleet(ctx context.Context, pods []*Pod, o FleetOptions) (*Fleet, error
 				// Many proxies share a connection here, where each Envoy
 				// reads its own: a larger read buffer saves the tool read
 				// system calls (skiffd writes up to 256 KB at once).
-				grpc.WithReadBufferSize(readBufferSize(o.ProxiesPerConn)))
+				grpc.WithReadBufferSize(readBufferSize(o.ProxiesPerConn)),
+				// Envoy's HTTP/2 windows toward its xDS cluster are large
+				// (initial_stream_window_size and initial_connection_window_size
+				// default to 256 MiB): a proxy never makes skiffd wait for
+				// WINDOW_UPDATEs mid-response. gRPC's 64 KB start and BDP
+				// estimation would make each 0.5 MB route response cost
+				// round trips a real sidecar does not have.
+				grpc.WithInitialWindowSize(streamWindow), grpc.WithInitialConnWindowSize(connWindow))
 			if err != nil {
 				f.Stop()
 				return nil, fmt.Errorf("xDS address %q: %w", o.Addr, err)
@@ -303,3 +310,9 @@ func (w *Wait) Wait(ctx context.Context, timeout time.Duration) Result {
 	}
 	return r
 }
+
+// HTTP/2 flow-control windows of the simulated proxies (see New).
+const (
+	streamWindow = 16 << 20
+	connWindow   = 256 << 20
+)
