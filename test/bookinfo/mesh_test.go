@@ -9,7 +9,6 @@ package bookinfo
 
 import (
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -241,5 +240,3 @@ func (m *mesh) gatewayURL(t *testing.T, name string) (string, string) {
 	}
 	return "", out
 }
-
-var errNoChromium = errors.New("chromium or chromedriver is not installed: run scripts/test.sh, which installs chromium (Debian's chromium and chromium-driver packages)")

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/webdriver"
 )
 
 // edgeView is one edge as Chromium draws it.
@@ -53,9 +55,9 @@ func TestDashboardGraphInChromium(t *testing.T) {
 	url := startDashboard(t, m, "--scrape-interval", "1s")
 	sendTraffic(t, m, 200*time.Millisecond, 3000)
 
-	wd := startChromium(t)
-	wd.navigate(t, url)
-	got := wd.waitFor(t, "productpage → reviews and reviews → ratings edges with rates", 90*time.Second, readEdges, func(s string) bool {
+	wd := webdriver.Start(t, webdriver.Options{Offline: true, WindowSize: "1400,900", ArtifactsDir: "dashboard"})
+	wd.Navigate(t, url)
+	got := wd.WaitFor(t, "productpage → reviews and reviews → ratings edges with rates", 90*time.Second, 500*time.Millisecond, readEdges, func(s string) bool {
 		es := edges(s)
 		pr := find(es, func(e edgeView) bool { return e.From == "productpage-v1" && e.To == "reviews" && e.Rate > 0 })
 		rr := find(es, func(e edgeView) bool { return callsRatings(e) && e.Rate > 0 })
@@ -69,7 +71,7 @@ func TestDashboardGraphInChromium(t *testing.T) {
 			t.Errorf("before any fault, the ratings edge %s → %s is red: %+v", e.From, e.To, e)
 		}
 	}
-	wd.screenshot(t, "graph-bookinfo")
+	wd.Screenshot(t, "graph-bookinfo")
 
 	abort := filepath.Join(t.TempDir(), "ratings-abort.yaml")
 	os.WriteFile(abort, []byte(`apiVersion: networking.istio.io/v1
@@ -90,7 +92,7 @@ spec:
         host: ratings
 `), 0o644)
 	m.Apply(t, abort)
-	got = wd.waitFor(t, "the ratings edge red after the fault", 90*time.Second, readEdges, func(s string) bool {
+	got = wd.WaitFor(t, "the ratings edge red after the fault", 90*time.Second, 500*time.Millisecond, readEdges, func(s string) bool {
 		return find(edges(s), func(e edgeView) bool { return callsRatings(e) && e.Red }) != nil
 	})
 	red := find(edges(got), func(e edgeView) bool { return callsRatings(e) && e.Red })
@@ -100,24 +102,24 @@ spec:
 	if pr := find(edges(got), func(e edgeView) bool { return e.From == "productpage-v1" && e.To == "reviews" }); pr == nil || pr.Red {
 		t.Errorf("after the ratings fault the productpage → reviews edge is %+v, want it there and not red (reviews answers 200)", pr)
 	}
-	wd.screenshot(t, "graph-ratings-fault")
+	wd.Screenshot(t, "graph-ratings-fault")
 
 	// The service page of ratings: its golden signals and the
 	// VirtualService that applies to it.
-	wd.navigate(t, url+"#/service/default/ratings")
-	wd.waitFor(t, "the ratings VirtualService on the service page", 30*time.Second,
+	wd.Navigate(t, url+"#/service/default/ratings")
+	wd.WaitFor(t, "the ratings VirtualService on the service page", 30*time.Second, 500*time.Millisecond,
 		`return Array.from(document.querySelectorAll("#service-config .obj")).map(o => o.dataset.kind + "/" + o.dataset.name).join(",")`,
 		func(s string) bool {
 			return strings.Contains(s, "VirtualService/ratings") && strings.Contains(s, "Service/ratings")
 		})
-	wd.screenshot(t, "service-ratings")
-	wd.navigate(t, url+"#/proxies")
-	wd.waitFor(t, "the proxies' sync state", 30*time.Second, `return document.querySelectorAll("#proxies tr[data-proxy]").length + ""`,
+	wd.Screenshot(t, "service-ratings")
+	wd.Navigate(t, url+"#/proxies")
+	wd.WaitFor(t, "the proxies' sync state", 30*time.Second, 500*time.Millisecond, `return document.querySelectorAll("#proxies tr[data-proxy]").length + ""`,
 		func(s string) bool { return s != "0" && s != "" })
-	wd.screenshot(t, "proxies")
+	wd.Screenshot(t, "proxies")
 
 	// Everything the page loaded came from the dashboard.
-	res := wd.script(t, `return JSON.stringify(performance.getEntriesByType("resource").map(r => r.name).concat([location.href]))`)
+	res := wd.Script(t, `return JSON.stringify(performance.getEntriesByType("resource").map(r => r.name).concat([location.href]))`)
 	var names []string
 	json.Unmarshal([]byte(res), &names)
 	if len(names) < 3 {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	dash "github.com/skiff-mesh/skiff/controlplane/dashboard"
+	"github.com/skiff-mesh/skiff/internal/testing/webdriver"
 )
 
 // shiftQuery is the issue's PromQL, as a user types it in Prometheus.
@@ -145,10 +146,10 @@ func TestPrometheusSeesTrafficShift(t *testing.T) {
 
 	// The same page in Chromium draws the lock.
 	tr = sendTraffic(t, m, 200*time.Millisecond, 300)
-	wd := startChromium(t)
-	wd.navigate(t, "http://"+m.monitoring+"/dashboard/")
-	wd.waitFor(t, "an edge with the mTLS lock on skiffd's dashboard", 60*time.Second,
+	wd := webdriver.Start(t, webdriver.Options{Offline: true, WindowSize: "1400,900", ArtifactsDir: "dashboard"})
+	wd.Navigate(t, "http://"+m.monitoring+"/dashboard/")
+	wd.WaitFor(t, "an edge with the mTLS lock on skiffd's dashboard", 60*time.Second, 500*time.Millisecond,
 		`return document.querySelectorAll("#graph g.edge[data-mtls=true] g.lock").length + ""`,
 		func(s string) bool { return s != "" && s != "0" })
-	wd.screenshot(t, "graph-netns-mtls")
+	wd.Screenshot(t, "graph-netns-mtls")
 }
