@@ -4,6 +4,8 @@ import (
 	"maps"
 	"slices"
 
+	networking "istio.io/api/networking/v1alpha3"
+
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen"
 	"github.com/skiff-mesh/skiff/controlplane/model"
@@ -14,7 +16,7 @@ import (
 // EndpointSlices, WorkloadEntries) that leaves the set of services as it
 // was pushes EDS alone; a change of Istio config pushes the types that kind
 // feeds; anything else is a full push.
-func classify(c config.Change, snap *config.Snapshot, prev, next *model.Registry) *xds.PushRequest {
+func classify(c config.Change, prevSnap, snap *config.Snapshot, prev, next *model.Registry) *xds.PushRequest {
 	req := &xds.PushRequest{Types: map[string]bool{}}
 	trace := len(c.Keys) <= maxTracedKeys
 	for _, k := range c.Keys {
@@ -29,7 +31,14 @@ func classify(c config.Change, snap *config.Snapshot, prev, next *model.Registry
 		case config.Pod, config.EndpointSlice, config.WorkloadEntry:
 			req.Types[gen.EndpointType] = true
 		case config.VirtualService:
-			req.Types[gen.ListenerType], req.Types[gen.RouteType] = true, true
+			req.Types[gen.RouteType] = true
+			// Listeners read a VirtualService only for its tcp and tls
+			// routes (filter chains by port and SNI): a change between
+			// versions that have neither cannot change a listener, and
+			// leaving LDS out spares regenerating every sidecar's.
+			if hasL4Routes(prevSnap, k) || hasL4Routes(snap, k) {
+				req.Types[gen.ListenerType] = true
+			}
 		case config.DestinationRule:
 			req.Types[gen.ClusterType], req.Types[gen.EndpointType], req.Types[gen.RouteType] = true, true, true
 		case config.Gateway, config.KubeGateway, config.HTTPRoute, config.GRPCRoute, config.TCPRoute, config.ReferenceGrant, config.GatewayClass:
@@ -113,4 +122,18 @@ func sameInstances(a, b []*model.Instance) bool {
 		}
 	}
 	return true
+}
+
+// hasL4Routes reports whether the snapshot's version of the VirtualService
+// key (if any) has tcp or tls routes.
+func hasL4Routes(snap *config.Snapshot, k config.Key) bool {
+	if snap == nil {
+		return true // unknown: assume the worst
+	}
+	o := snap.Get(k)
+	if o == nil {
+		return false
+	}
+	vs, ok := o.Spec.(*networking.VirtualService)
+	return !ok || len(vs.GetTcp()) > 0 || len(vs.GetTls()) > 0
 }

@@ -169,6 +169,7 @@ type Server struct {
 
 	mu       sync.Mutex
 	lastReg  *model.Registry
+	lastSnap *config.Snapshot // the snapshot lastReg was built from
 	version  uint64
 	ready    bool
 	rebuilds chan config.Change
@@ -391,13 +392,13 @@ func (s *Server) rebuild(c config.Change) {
 	s.gen.Set(ix)
 
 	s.mu.Lock()
-	prev := s.lastReg
-	s.lastReg, s.version, s.ready = reg, snap.Version, true
+	prev, prevSnap := s.lastReg, s.lastSnap
+	s.lastReg, s.lastSnap, s.version, s.ready = reg, snap, snap.Version, true
 	s.mu.Unlock()
 	if prev == nil {
 		return // the first version: proxies get it when they connect
 	}
-	req := classify(c, snap, prev, reg)
+	req := classify(c, prevSnap, snap, prev, reg)
 	req.Start = start
 	s.xds.Push(req)
 	s.log.Debug("config version pushed", "version", snap.Version, "full", req.Full, "reason", req.Reason,
