@@ -282,7 +282,7 @@ func (rt *router) forward(s *Stream, e *route.Entry, a *route.Action, cl core.Cl
 			s.SendLocalReply(http.StatusServiceUnavailable, bodyNoHealthy, core.NoHealthyUpstream)
 			return
 		}
-		s.UpstreamHost = host.Address()
+		s.UpstreamHost, s.UpstreamHostRef = host.Address(), host
 		s.attempts = attempt
 		if a.AutoHostRewrite {
 			if name := hostOnly(s.UpstreamHost); net.ParseIP(name) == nil {

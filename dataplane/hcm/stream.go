@@ -45,6 +45,9 @@ type Stream struct {
 	// Upstream facts for the access log.
 	UpstreamHost    string
 	UpstreamCluster string
+	// UpstreamHostRef is the host UpstreamHost names (its endpoint
+	// metadata tells the stats filter who a sidecar-less peer is).
+	UpstreamHostRef core.Host
 	Start           time.Time
 
 	cm          *ConnectionManager

@@ -22,7 +22,7 @@ func (rt *router) upgrade(s *Stream, cl core.Cluster, lb *core.LBContext, out *h
 		s.SendLocalReply(http.StatusServiceUnavailable, bodyNoHealthy, core.NoHealthyUpstream)
 		return
 	}
-	s.UpstreamHost = host.Address()
+	s.UpstreamHost, s.UpstreamHostRef = host.Address(), host
 	cs.RqTotal.Inc()
 	start := time.Now()
 	uc, err := host.Dial(out.Context())

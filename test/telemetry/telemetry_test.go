@@ -374,14 +374,17 @@ spec:
 	if !m.mtls {
 		// Loopback mode has no inbound capture: the client's sidecar
 		// reaches the app directly, so there is no destination reporter
-		// and no peer to learn the destination's workload from.
-		dstApp := merge(dstUnknown, map[string]string{"destination_service": "echo.default.svc.cluster.local",
-			"destination_service_name": "echo", "destination_service_namespace": "default"})
+		// and no exchange; the destination is who its endpoint's
+		// istio.workload metadata names (as Istio falls back to), except
+		// for the fault, which answered before any endpoint was chosen.
+		svc := map[string]string{"destination_service": "echo.default.svc.cluster.local",
+			"destination_service_name": "echo", "destination_service_namespace": "default"}
+		dstApp := merge(dstUnknown, svc)
 		wantServer = series{}
 		wantClient = series{
-			key("istio_requests_total", merge(source, src, dstApp, http("200", "-"))):  nOK,
-			key("istio_requests_total", merge(source, src, dstApp, http("500", "-"))):  n500,
-			key("istio_requests_total", merge(source, src, dstApp, http("418", "FI"))): nAbort,
+			key("istio_requests_total", merge(source, src, endpointPeer(svc), http("200", "-"))): nOK,
+			key("istio_requests_total", merge(source, src, endpointPeer(svc), http("500", "-"))): n500,
+			key("istio_requests_total", merge(source, src, dstApp, http("418", "FI"))):           nAbort,
 		}
 	}
 	if nTCP == 0 {
@@ -505,18 +508,18 @@ spec:
 	svc := map[string]string{"destination_service": "echo.default.svc.cluster.local", "destination_service_name": "echo", "destination_service_namespace": "default"}
 	dst := merge(svc, map[string]string{"destination_workload": "echo-v1", "destination_workload_namespace": "default", "destination_principal": srvPrincipal,
 		"destination_app": "echo", "destination_version": "v1", "destination_canonical_service": "echo", "destination_canonical_revision": "v1", "destination_cluster": "Kubernetes"})
-	// An overflow never reaches a peer: the destination is known only by
-	// its service, and no mTLS connection names the source's principal.
-	dstUnknown := merge(svc, map[string]string{"destination_workload": "unknown", "destination_workload_namespace": "unknown", "destination_principal": "unknown",
-		"destination_app": "unknown", "destination_version": "unknown", "destination_canonical_service": "unknown", "destination_canonical_revision": "unknown", "destination_cluster": "unknown"})
+	// An overflow never reaches a peer: no exchange, and no mTLS
+	// connection names the source's principal.
 	http := func(code, flags string) map[string]string {
 		return map[string]string{"request_protocol": "http", "response_code": code, "grpc_response_status": "", "response_flags": flags}
 	}
 	source := map[string]string{"reporter": "source", "connection_security_policy": "unknown"}
 	destination := map[string]string{"reporter": "destination", "connection_security_policy": policy}
+	// The overflows had their host chosen (the pool overflowed), so the
+	// destination is named by that endpoint's metadata, as in Envoy.
 	wantClient := series{
-		key("istio_requests_total", merge(source, src, dst, http("200", "-"))):                                                           2,
-		key("istio_requests_total", merge(source, src, dstUnknown, http("503", "UO"), map[string]string{"source_principal": "unknown"})): nBurst - 2,
+		key("istio_requests_total", merge(source, src, dst, http("200", "-"))):                                                                  2,
+		key("istio_requests_total", merge(source, src, endpointPeer(svc), http("503", "UO"), map[string]string{"source_principal": "unknown"})): nBurst - 2,
 	}
 	wantServer := series{
 		key("istio_requests_total", merge(destination, src, dst, http("200", "-"))): 2,
@@ -525,8 +528,8 @@ spec:
 		// Loopback mode: no inbound capture, so no destination reporter
 		// and no peer metadata for the source side (as in TestStandardMetrics).
 		wantClient = series{
-			key("istio_requests_total", merge(source, src, dstUnknown, http("200", "-"))):  2,
-			key("istio_requests_total", merge(source, src, dstUnknown, http("503", "UO"))): nBurst - 2,
+			key("istio_requests_total", merge(source, src, endpointPeer(svc), http("200", "-"))):  2,
+			key("istio_requests_total", merge(source, src, endpointPeer(svc), http("503", "UO"))): nBurst - 2,
 		}
 		wantServer = series{}
 	}
@@ -575,4 +578,13 @@ func get(t *testing.T, admin, path string) string {
 		t.Fatalf("GET %s%s: %v", admin, path, err)
 	}
 	return string(b)
+}
+
+// endpointPeer is the destination as echo-v1's endpoint metadata in EDS
+// names it (istio.workload: workload, namespace, canonical service and
+// revision, cluster) when no exchange told more: app, version and
+// principal stay unknown.
+func endpointPeer(svc map[string]string) map[string]string {
+	return merge(svc, map[string]string{"destination_workload": "echo-v1", "destination_workload_namespace": "default", "destination_principal": "unknown",
+		"destination_app": "unknown", "destination_version": "unknown", "destination_canonical_service": "echo", "destination_canonical_revision": "v1", "destination_cluster": "Kubernetes"})
 }

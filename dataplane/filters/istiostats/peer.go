@@ -233,3 +233,38 @@ func trustDomain(principal string) string {
 	td, _, _ := strings.Cut(rest, "/")
 	return td
 }
+
+// endpointPeer reads an endpoint's filter_metadata.istio.workload
+// ("name;namespace;canonical service;canonical revision;cluster", as
+// istiod writes it into EDS) as a peer, remembered per metadata object
+// (a host keeps its metadata until EDS replaces it); nil without it.
+func endpointPeer(md *corev3.Metadata) *Peer {
+	if md == nil {
+		return nil
+	}
+	if v, ok := endpointPeers.Load(md); ok {
+		p, _ := v.(*Peer)
+		return p
+	}
+	var p *Peer
+	w := md.GetFilterMetadata()["istio"].GetFields()["workload"].GetStringValue()
+	if parts := strings.Split(w, ";"); len(parts) == 5 && parts[0] != "" {
+		p = &Peer{Workload: parts[0], Name: parts[0], Namespace: parts[1],
+			CanonicalService: parts[2], CanonicalRevision: parts[3], Cluster: parts[4]}
+	}
+	if endpointPeerCount.Add(1) > peerCacheMax {
+		endpointPeers.Clear()
+		endpointPeerCount.Store(1)
+	}
+	if p == nil {
+		endpointPeers.Store(md, (*Peer)(nil))
+	} else {
+		endpointPeers.Store(md, p)
+	}
+	return p
+}
+
+var (
+	endpointPeers     sync.Map // *corev3.Metadata → *Peer
+	endpointPeerCount atomic.Int64
+)

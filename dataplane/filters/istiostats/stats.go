@@ -229,6 +229,11 @@ type metadataCluster interface {
 	Metadata() *corev3.Metadata
 }
 
+// metadataHost is an upstream host that exposes its endpoint metadata.
+type metadataHost interface {
+	Metadata() *corev3.Metadata
+}
+
 // OnStreamDone records the finished request.
 func (f *httpStats) OnStreamDone(s *hcm.Stream) {
 	k := httpKey{code: int32(s.Status()), flags: s.Flags, isGRPC: s.IsGRPC(), grpc: -1}
@@ -249,9 +254,18 @@ func (f *httpStats) OnStreamDone(s *hcm.Stream) {
 	if k.svc == nil {
 		k.host = s.Req.Host
 	}
+	exchanged := k.up != nil
+	if k.up == nil && !f.inbound {
+		// No exchange with the upstream (it has no sidecar, or answered
+		// without the headers): who it is comes from its endpoint's
+		// istio.workload metadata, as Istio's stats fall back to.
+		if mh, ok := s.UpstreamHostRef.(metadataHost); ok {
+			k.up = endpointPeer(mh.Metadata())
+		}
+	}
 	// Only a mesh mTLS upstream (its cluster runs the exchange) has
 	// principals to report on the source side.
-	k.mtls = k.mtls || (!f.inbound && mxCluster && k.up != nil)
+	k.mtls = k.mtls || (!f.inbound && mxCluster && exchanged)
 	if k.isGRPC {
 		h := s.Header()
 		v := h["Grpc-Status"]
