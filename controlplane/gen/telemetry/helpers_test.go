@@ -2,7 +2,6 @@ package telemetry_test
 
 import (
 	"bytes"
-	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -10,12 +9,11 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	meshv1alpha1 "istio.io/api/mesh/v1alpha1"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index/indextest"
 	"github.com/skiff-mesh/skiff/controlplane/model"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
@@ -38,49 +36,13 @@ func decodeFile(t testing.TB, path string) []*config.Object {
 	return objs
 }
 
-// meshObjects gives Services cluster IPs and every Deployment one ready
-// pod NAME-0, as the local mesh would.
-func meshObjects(objs []*config.Object) []*config.Object {
-	n := 1
-	out := make([]*config.Object, 0, len(objs))
-	for _, o := range objs {
-		if svc, ok := o.Spec.(*corev1.Service); ok && svc.Spec.ClusterIP == "" {
-			cp := svc.DeepCopy()
-			cp.Spec.ClusterIP = fmt.Sprintf("198.19.0.%d", n)
-			n++
-			oc := *o
-			oc.Spec = cp
-			o = &oc
-		}
-		out = append(out, o)
-	}
-	for i, tpl := range model.Build(out, model.Options{SidecarByDefault: true}).WorkloadTemplates() {
-		if tpl.Pod == nil {
-			continue
-		}
-		pod := &corev1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Name: tpl.Name + "-0", Namespace: tpl.Namespace, Labels: tpl.Pod.Labels},
-			Spec:       tpl.Pod.Spec,
-			Status: corev1.PodStatus{
-				Phase: corev1.PodRunning, PodIP: fmt.Sprintf("198.18.0.%d", 10+i),
-				Conditions: []corev1.PodCondition{{Type: corev1.PodReady, Status: corev1.ConditionTrue}},
-			},
-		}
-		if pod.Namespace == "" {
-			pod.Namespace = "default"
-		}
-		out = append(out, &config.Object{Kind: config.Pod, Meta: pod.ObjectMeta, Spec: pod})
-	}
-	return out
-}
-
 // bookinfo is Bookinfo, the trace collectors and the extra objects.
 func bookinfo(t testing.TB, extra ...*config.Object) *index.Index {
 	t.Helper()
 	objs := decodeFile(t, filepath.Join(samples, "bookinfo/platform/kube/bookinfo.yaml"))
 	objs = append(objs, decodeFile(t, filepath.Join(samples, "bookinfo/networking/bookinfo-gateway.yaml"))...)
 	objs = append(objs, decodeFile(t, "testdata/collectors.yaml")...)
-	objs = meshObjects(append(objs, extra...))
+	objs = indextest.Mesh(append(objs, extra...))
 	reg := model.Build(objs, model.Options{SidecarByDefault: true})
 	return index.Build(objs, reg, index.Options{})
 }
