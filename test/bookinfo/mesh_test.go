@@ -14,7 +14,6 @@ import (
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
-	"os"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -25,42 +24,18 @@ import (
 )
 
 var (
-	// bin holds skiff, skiffd, skiff-proxy and bookinfo side by side, as a
-	// release puts them: skiff up finds the others next to itself.
 	bin string
 	// repo is the repository root; samples is Istio's Bookinfo samples
 	// directory beside it (../shared/istio-samples/bookinfo).
-	repo, samples string
+	repo, samples = meshtest.Repo, filepath.Join(meshtest.IstioSamples, "bookinfo")
 )
 
-func TestMain(m *testing.M) {
-	dir, err := meshtest.Build(map[string]string{
-		"skiff": "github.com/skiff-mesh/skiff/cmd/skiff", "skiffd": "github.com/skiff-mesh/skiff/cmd/skiffd",
-		"skiff-proxy": "github.com/skiff-mesh/skiff/cmd/skiff-proxy", "bookinfo": "github.com/skiff-mesh/skiff/samples/bookinfo/cmd/bookinfo",
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = dir
-	if repo, err = filepath.Abs("../.."); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	samples = filepath.Join(filepath.Dir(repo), "shared", "istio-samples", "bookinfo")
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.Main(m, meshtest.Bookinfo, &bin) }
 
 // sample is one of Istio's Bookinfo files, e.g. "networking/virtual-service-all-v1.yaml".
 func sample(t *testing.T, rel string) string {
 	t.Helper()
-	p := filepath.Join(samples, rel)
-	if _, err := os.Stat(p); err != nil {
-		t.Fatalf("Istio's Bookinfo sample %s is missing (%v): these tests apply Istio's files unchanged from ../shared/istio-samples beside the repository; check it out there", p, err)
-	}
-	return p
+	return meshtest.Sample(t, filepath.Join("bookinfo", rel))
 }
 
 // mesh is one running `skiff up` of Bookinfo.

@@ -20,27 +20,14 @@ import (
 	"github.com/skiff-mesh/skiff/internal/testing/meshtest"
 )
 
-var bin, repo, samples string
+var (
+	bin string
+	// repo is the repository root; samples is Istio's Bookinfo samples
+	// directory beside it (../shared/istio-samples/bookinfo).
+	repo, samples = meshtest.Repo, filepath.Join(meshtest.IstioSamples, "bookinfo")
+)
 
-func TestMain(m *testing.M) {
-	dir, err := meshtest.Build(map[string]string{
-		"skiff": "github.com/skiff-mesh/skiff/cmd/skiff", "skiffd": "github.com/skiff-mesh/skiff/cmd/skiffd",
-		"skiff-proxy": "github.com/skiff-mesh/skiff/cmd/skiff-proxy", "bookinfo": "github.com/skiff-mesh/skiff/samples/bookinfo/cmd/bookinfo",
-	})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	bin = dir
-	if repo, err = filepath.Abs("../.."); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(1)
-	}
-	samples = filepath.Join(filepath.Dir(repo), "shared", "istio-samples", "bookinfo")
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { meshtest.Main(m, meshtest.Bookinfo, &bin) }
 
 // Istio's way to name a tracing backend: an extension provider in the mesh
 // config, made the default tracing provider.

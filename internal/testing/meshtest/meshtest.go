@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -189,4 +190,53 @@ func (s *SyncBuilder) String() string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.b.String()
+}
+
+// Bookinfo is what a `skiff up` of Bookinfo runs: the three binaries and
+// the Bookinfo sample, for Build and Main.
+var Bookinfo = map[string]string{
+	"skiff": "github.com/skiff-mesh/skiff/cmd/skiff", "skiffd": "github.com/skiff-mesh/skiff/cmd/skiffd",
+	"skiff-proxy": "github.com/skiff-mesh/skiff/cmd/skiff-proxy", "bookinfo": "github.com/skiff-mesh/skiff/samples/bookinfo/cmd/bookinfo",
+}
+
+// Main is a test package's TestMain: it builds cmds into a directory it
+// stores in *bin, runs the tests, removes the directory and exits with
+// the tests' code. A build failure exits 1, printing why.
+func Main(m *testing.M, cmds map[string]string, bin *string) {
+	dir, err := Build(cmds)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	*bin = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// Repo is the repository root; IstioSamples is ../shared/istio-samples
+// beside it, Istio's upstream samples the tests apply unchanged.
+var (
+	Repo         = repoRoot()
+	IstioSamples = filepath.Join(filepath.Dir(Repo), "shared", "istio-samples")
+)
+
+func repoRoot() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return ""
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", ".."))
+}
+
+// Sample is one of Istio's upstream sample files, e.g.
+// "bookinfo/networking/virtual-service-all-v1.yaml"; a missing one fails
+// the test with what to do.
+func Sample(t testing.TB, rel string) string {
+	t.Helper()
+	p := filepath.Join(IstioSamples, rel)
+	if _, err := os.Stat(p); err != nil {
+		t.Fatalf("Istio's sample %s is missing (%v): these tests apply Istio's files unchanged from ../shared/istio-samples beside the repository; check it out there", p, err)
+	}
+	return p
 }
