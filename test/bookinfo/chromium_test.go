@@ -19,8 +19,8 @@ func chromium(t *testing.T, m *mesh) {
 	t.Cleanup(func() { m.Delete(t, allV1) })
 	m.Apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(m.ingress)
-	jason.signIn(t, "jason")
-	jason.until(t, 20*time.Second, 10, "reviews v2 for jason before Chromium starts", v2)
+	jason.SignIn(t, "jason")
+	jason.Until(t, 20*time.Second, 10, "reviews v2 for jason before Chromium starts", v2)
 
 	wd := webdriver.Start(t, webdriver.Options{})
 	wd.Navigate(t, m.ingress+"/productpage")

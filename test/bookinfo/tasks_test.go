@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/bookinfotest"
 )
 
 // TestBookinfoLoopback replays the tasks on a mesh without traffic
@@ -37,7 +39,7 @@ func replayTasks(t *testing.T, m *mesh) {
 // <title>) and the products API; nothing else.
 func ingress(t *testing.T, m *mesh) {
 	r := newReader(m.ingress)
-	r.until(t, 20*time.Second, 1, "the product page through bookinfo-gateway.yaml", func(p page) bool { return p.reviews != "" })
+	r.Until(t, 20*time.Second, 1, "the product page through bookinfo-gateway.yaml", func(p page) bool { return p.Reviews != "" })
 	body, status := get(t, r, "/api/v1/products")
 	if status != 200 || !strings.Contains(body, `"title":"The Comedy of Errors"`) {
 		t.Errorf("GET /api/v1/products through the ingress: HTTP %d %s; want the product list", status, body)
@@ -47,9 +49,9 @@ func ingress(t *testing.T, m *mesh) {
 	}
 }
 
-func get(t *testing.T, r *reader, path string) (string, int) {
+func get(t *testing.T, r *bookinfotest.Reader, path string) (string, int) {
 	t.Helper()
-	resp, err := r.c.Get(r.base + path)
+	resp, err := r.Get(path)
 	if err != nil {
 		t.Fatalf("GET %s through the ingress: %v", path, err)
 	}
@@ -67,18 +69,18 @@ func requestRouting(t *testing.T, m *mesh) {
 	m.Apply(t, allV1)
 	t.Cleanup(func() { m.Delete(t, allV1) })
 	anon := newReader(m.ingress)
-	anon.until(t, 20*time.Second, 10, "reviews v1", v1)
-	anon.each(t, 20, "reviews v1 without stars, as all-v1 routes", v1)
+	anon.Until(t, 20*time.Second, 10, "reviews v1", v1)
+	anon.Each(t, 20, "reviews v1 without stars, as all-v1 routes", v1)
 
 	m.Apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(m.ingress)
-	jason.signIn(t, "jason")
-	jason.until(t, 20*time.Second, 1, "reviews v2 with black stars for jason", v2)
-	jason.each(t, 10, "reviews v2 with black stars for jason", v2)
-	anon.each(t, 10, "reviews v1 for a reader who has not signed in", v1)
+	jason.SignIn(t, "jason")
+	jason.Until(t, 20*time.Second, 1, "reviews v2 with black stars for jason", v2)
+	jason.Each(t, 10, "reviews v2 with black stars for jason", v2)
+	anon.Each(t, 10, "reviews v1 for a reader who has not signed in", v1)
 	other := newReader(m.ingress)
-	other.signIn(t, "mary")
-	other.each(t, 10, "reviews v1 for another user", v1)
+	other.SignIn(t, "mary")
+	other.Each(t, 10, "reviews v1 for another user", v1)
 }
 
 // Fault Injection: with all-v1 and reviews-test-v2, a 7 s delay toward
@@ -92,30 +94,30 @@ func faultInjection(t *testing.T, m *mesh) {
 	t.Cleanup(func() { m.Delete(t, allV1) })
 	m.Apply(t, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(m.ingress)
-	jason.signIn(t, "jason")
-	jason.until(t, 20*time.Second, 10, "reviews v2 for jason", v2)
+	jason.SignIn(t, "jason")
+	jason.Until(t, 20*time.Second, 10, "reviews v2 for jason", v2)
 
 	m.Apply(t, sample(t, "networking/virtual-service-ratings-test-delay.yaml"))
-	p := jason.until(t, 40*time.Second, 1, "the reviews-unavailable text under the 7 s delay", func(p page) bool {
-		return p.reviews == "" && containsText(p, reviewsUnavailable)
+	p := jason.Until(t, 40*time.Second, 1, "the reviews-unavailable text under the 7 s delay", func(p page) bool {
+		return p.Reviews == "" && containsText(p, reviewsUnavailable)
 	})
 	// Two tries of 3 s each: well under the 7 s delay, well over one try.
-	if p.elapsed < 5500*time.Millisecond || p.elapsed >= 7*time.Second {
-		t.Errorf("under the 7 s delay the page took %s, want about 6 s (productpage's 3 s timeout toward reviews, tried twice)", p.elapsed)
+	if p.Elapsed < 5500*time.Millisecond || p.Elapsed >= 7*time.Second {
+		t.Errorf("under the 7 s delay the page took %s, want about 6 s (productpage's 3 s timeout toward reviews, tried twice)", p.Elapsed)
 	}
 	anon := newReader(m.ingress)
-	if p, err := anon.productPage(); err != nil || !v1(p) || p.elapsed > 2*time.Second {
+	if p, err := anon.ProductPage(); err != nil || !v1(p) || p.Elapsed > 2*time.Second {
 		t.Errorf("the delay is for jason only, yet another reader got: %v %s", err, p)
 	}
 
 	m.Apply(t, sample(t, "networking/virtual-service-ratings-test-abort.yaml"))
-	abort := func(p page) bool { return p.reviews == "v2" && containsText(p, ratingsUnavailable) }
-	jason.until(t, 40*time.Second, 1, "\""+ratingsUnavailable+"\" under the abort", abort)
+	abort := func(p page) bool { return p.Reviews == "v2" && containsText(p, ratingsUnavailable) }
+	jason.Until(t, 40*time.Second, 1, "\""+ratingsUnavailable+"\" under the abort", abort)
 	// A fresh read: the first may have begun under the delay.
-	if p, err := jason.productPage(); err != nil || !abort(p) || p.elapsed > 2*time.Second || p.stars != 0 {
+	if p, err := jason.ProductPage(); err != nil || !abort(p) || p.Elapsed > 2*time.Second || p.Stars != 0 {
 		t.Errorf("under the abort the page should come at once, without stars, saying %q: %v %s", ratingsUnavailable, err, p)
 	}
-	anon.each(t, 5, "reviews v1 for another reader under jason's abort", v1)
+	anon.Each(t, 5, "reviews v1 for another reader under jason's abort", v1)
 }
 
 // Traffic Shifting: all-v1, then 50/50 between v1 and v3, then all v3.
@@ -124,33 +126,33 @@ func trafficShifting(t *testing.T, m *mesh) {
 	m.Apply(t, allV1)
 	t.Cleanup(func() { m.Delete(t, allV1) })
 	r := newReader(m.ingress)
-	r.until(t, 20*time.Second, 10, "reviews v1", v1)
-	r.each(t, 10, "reviews v1", v1)
+	r.Until(t, 20*time.Second, 10, "reviews v1", v1)
+	r.Each(t, 10, "reviews v1", v1)
 
 	m.Apply(t, sample(t, "networking/virtual-service-reviews-50-v3.yaml"))
-	r.until(t, 20*time.Second, 1, "reviews v3 with red stars once the 50/50 split is in force", v3)
+	r.Until(t, 20*time.Second, 1, "reviews v3 with red stars once the 50/50 split is in force", v3)
 	fiftyFifty(t, r)
 
 	m.Apply(t, sample(t, "networking/virtual-service-reviews-v3.yaml"))
-	r.until(t, 20*time.Second, 10, "reviews v3 only", v3)
-	r.each(t, 20, "reviews v3 with red stars for everyone", v3)
+	r.Until(t, 20*time.Second, 10, "reviews v3 only", v3)
+	r.Each(t, 20, "reviews v3 with red stars for everyone", v3)
 }
 
 // fiftyFifty reads the page 100 times and checks the v1/v3 split. With
 // p = 0.5 and N = 100 the count of v1 has mean 50 and standard deviation
 // 5; accepting 30..70 (4 standard deviations) fails a correct 50/50 split
 // about once in 15,000 runs, and a 90/10 or all-one-way split always.
-func fiftyFifty(t *testing.T, r *reader) {
+func fiftyFifty(t *testing.T, r *bookinfotest.Reader) {
 	t.Helper()
 	const n = 100
 	count := map[string]int{}
 	for i := range n {
-		p, err := r.productPage()
+		p, err := r.ProductPage()
 		switch {
 		case err != nil:
 			t.Fatalf("read %d of %d under the 50/50 split: %v", i+1, n, err)
 		case v1(p), v3(p):
-			count[p.reviews]++
+			count[p.Reviews]++
 		default:
 			t.Fatalf("read %d of %d under the 50/50 split shows neither v1 nor v3 with red stars: %s", i+1, n, p)
 		}
@@ -181,7 +183,7 @@ spec:
 `)
 	t.Cleanup(func() { m.Delete(t, reviews) })
 	r := newReader(m.ingress)
-	r.until(t, 20*time.Second, 10, "reviews v2", v2)
+	r.Until(t, 20*time.Second, 10, "reviews v2", v2)
 
 	ratings := m.ApplyInline(t, "ratings-delay.yaml", `apiVersion: networking.istio.io/v1
 kind: VirtualService
@@ -202,11 +204,11 @@ spec:
         subset: v1
 `)
 	t.Cleanup(func() { m.Delete(t, ratings) })
-	p := r.until(t, 20*time.Second, 1, "reviews v2 after the 2 s delay", func(p page) bool {
-		return v2(p) && p.elapsed >= 2*time.Second
+	p := r.Until(t, 20*time.Second, 1, "reviews v2 after the 2 s delay", func(p page) bool {
+		return v2(p) && p.Elapsed >= 2*time.Second
 	})
-	if p.elapsed >= 3*time.Second {
-		t.Errorf("with the 2 s ratings delay the page took %s, want about 2 s", p.elapsed)
+	if p.Elapsed >= 3*time.Second {
+		t.Errorf("with the 2 s ratings delay the page took %s, want about 2 s", p.Elapsed)
 	}
 
 	m.ApplyInline(t, "reviews-timeout.yaml", `apiVersion: networking.istio.io/v1
@@ -223,11 +225,11 @@ spec:
         subset: v2
     timeout: 0.5s
 `)
-	unavailable := func(p page) bool { return p.reviews == "" && containsText(p, reviewsUnavailable) }
-	r.until(t, 20*time.Second, 1, "the reviews-unavailable text under the 0.5 s timeout", unavailable)
+	unavailable := func(p page) bool { return p.Reviews == "" && containsText(p, reviewsUnavailable) }
+	r.Until(t, 20*time.Second, 1, "the reviews-unavailable text under the 0.5 s timeout", unavailable)
 	// A fresh read, wholly under the timeout.
-	p, err := r.productPage()
-	if err != nil || !unavailable(p) || p.elapsed < 950*time.Millisecond || p.elapsed >= 1900*time.Millisecond {
+	p, err := r.ProductPage()
+	if err != nil || !unavailable(p) || p.Elapsed < 950*time.Millisecond || p.Elapsed >= 1900*time.Millisecond {
 		t.Errorf("under the 0.5 s reviews timeout the page should come in about 1 s (0.5 s, tried twice by productpage) saying %q: %v %s", reviewsUnavailable, err, p)
 	}
 }
@@ -249,7 +251,7 @@ func gatewayAPI(t *testing.T, m *mesh) {
 		t.Fatalf("skiff status -o json lists no URL for the Gateway API Gateway default/bookinfo-gateway within 30 s; status:\n%s", status)
 	}
 	r := newReader(gw)
-	r.until(t, 20*time.Second, 1, "the product page through the Gateway API Gateway at "+gw, func(p page) bool { return p.reviews != "" })
+	r.Until(t, 20*time.Second, 1, "the product page through the Gateway API Gateway at "+gw, func(p page) bool { return p.Reviews != "" })
 
 	versions := sample(t, "platform/kube/bookinfo-versions.yaml")
 	m.Apply(t, versions)
@@ -258,8 +260,8 @@ func gatewayAPI(t *testing.T, m *mesh) {
 	m.Apply(t, route)
 	// The task's cleanup: kubectl delete httproute reviews.
 	t.Cleanup(func() { m.Delete(t, route) })
-	r.until(t, 20*time.Second, 10, "reviews v1 by the HTTPRoute", v1)
-	r.each(t, 10, "reviews v1 by the HTTPRoute", v1)
+	r.Until(t, 20*time.Second, 10, "reviews v1 by the HTTPRoute", v1)
+	r.Each(t, 10, "reviews v1 by the HTTPRoute", v1)
 
 	// Request routing's Gateway API variant gives jason's route inline.
 	m.ApplyInline(t, "route-reviews-jason-v2.yaml", `apiVersion: gateway.networking.k8s.io/v1
@@ -285,24 +287,24 @@ spec:
       port: 9080
 `)
 	jason := newReader(gw)
-	jason.signIn(t, "jason")
-	jason.until(t, 20*time.Second, 1, "reviews v2 for jason by the HTTPRoute's header match", v2)
-	jason.each(t, 10, "reviews v2 for jason by the HTTPRoute's header match", v2)
-	r.each(t, 10, "reviews v1 for a reader who has not signed in, by the HTTPRoute", v1)
+	jason.SignIn(t, "jason")
+	jason.Until(t, 20*time.Second, 1, "reviews v2 for jason by the HTTPRoute's header match", v2)
+	jason.Each(t, 10, "reviews v2 for jason by the HTTPRoute's header match", v2)
+	r.Each(t, 10, "reviews v1 for a reader who has not signed in, by the HTTPRoute", v1)
 
 	// Traffic shifting's Gateway API variant starts from route-reviews-v1.
 	m.Apply(t, route)
-	jason.until(t, 20*time.Second, 1, "reviews v1 for jason again under route-reviews-v1.yaml", v1)
+	jason.Until(t, 20*time.Second, 1, "reviews v1 for jason again under route-reviews-v1.yaml", v1)
 
 	m.Apply(t, sample(t, "gateway-api/route-reviews-50-v3.yaml"))
-	r.until(t, 20*time.Second, 1, "reviews v3 once the HTTPRoute's 50/50 split is in force", v3)
+	r.Until(t, 20*time.Second, 1, "reviews v3 once the HTTPRoute's 50/50 split is in force", v3)
 	fiftyFifty(t, r)
 
 	m.Apply(t, sample(t, "gateway-api/route-reviews-v3.yaml"))
-	r.until(t, 20*time.Second, 10, "reviews v3 only by the HTTPRoute", v3)
-	r.each(t, 20, "reviews v3 with red stars by the HTTPRoute", v3)
+	r.Until(t, 20*time.Second, 10, "reviews v3 only by the HTTPRoute", v3)
+	r.Each(t, 20, "reviews v3 with red stars by the HTTPRoute", v3)
 }
 
 func containsText(p page, s string) bool {
-	return p.status == 200 && strings.Contains(p.body, s)
+	return p.Status == 200 && strings.Contains(p.Body, s)
 }

@@ -22,13 +22,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/http/cookiejar"
 	"net/netip"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -47,6 +44,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/restmapper"
 
+	"github.com/skiff-mesh/skiff/internal/testing/bookinfotest"
 	"github.com/skiff-mesh/skiff/internal/testing/kubelet"
 	"github.com/skiff-mesh/skiff/internal/testing/kubetest"
 	"github.com/skiff-mesh/skiff/internal/testing/meshtest"
@@ -263,15 +261,15 @@ func TestBookinfoRequestRouting(t *testing.T) {
 	apply(t, env, sample(t, "networking/destination-rule-all.yaml"))
 	apply(t, env, sample(t, "networking/virtual-service-all-v1.yaml"))
 	anon := newReader(page)
-	anon.until(t, 60*time.Second, 5, "reviews v1 (no stars) under virtual-service-all-v1.yaml", v1)
-	anon.each(t, 20, "reviews v1 (no stars) under virtual-service-all-v1.yaml", v1)
+	anon.Until(t, 60*time.Second, 5, "reviews v1 (no stars) under virtual-service-all-v1.yaml", v1)
+	anon.Each(t, 20, "reviews v1 (no stars) under virtual-service-all-v1.yaml", v1)
 
 	apply(t, env, sample(t, "networking/virtual-service-reviews-test-v2.yaml"))
 	jason := newReader(page)
-	jason.signIn(t, "jason")
-	jason.until(t, 60*time.Second, 3, "reviews v2 (black stars) for jason", v2)
-	jason.each(t, 10, "reviews v2 (black stars) for jason", v2)
-	anon.each(t, 10, "reviews v1 for a reader not signed in", v1)
+	jason.SignIn(t, "jason")
+	jason.Until(t, 60*time.Second, 3, "reviews v2 (black stars) for jason", v2)
+	jason.Each(t, 10, "reviews v2 (black stars) for jason", v2)
+	anon.Each(t, 10, "reviews v1 for a reader not signed in", v1)
 
 	// Through the sidecars, not around them: reviews' server sidecars
 	// counted productpage's requests as Istio mTLS, and none for v3.
@@ -611,110 +609,11 @@ func eventually(t *testing.T, limit time.Duration, what string, f func() error, 
 	t.Fatalf("%s: not within %v: %v%s", what, limit, err, extra)
 }
 
-// The product page as a reader sees it.
-
-type page struct {
-	status  int
-	body    string
-	reviews string // the version that served the reviews, "" if none
-	color   string // the stars' colour, "" without stars
-	stars   int
-}
-
+// The product page as Bookinfo's users read it (internal/testing/bookinfotest).
 var (
-	servedBy = regexp.MustCompile(`Reviews served by:</dt><dd><u>reviews-(v\d)-`)
-	starFont = regexp.MustCompile(`<font color="(\w+)">`)
+	newReader = bookinfotest.NewReader
+	v1, v2    = bookinfotest.V1, bookinfotest.V2
 )
-
-func (p page) String() string {
-	return fmt.Sprintf("HTTP %d, reviews %q, %d %s stars; body:\n%s", p.status, p.reviews, p.stars, p.color, tail([]byte(p.body), 3000))
-}
-
-func v1(p page) bool { return p.reviews == "v1" && p.stars == 0 }
-func v2(p page) bool { return p.reviews == "v2" && p.color == "black" && p.stars > 0 }
-
-// reader is a browser-like client of the product page: cookies kept, no
-// proxy from the environment.
-type reader struct {
-	c    *http.Client
-	base string
-}
-
-func newReader(base string) *reader {
-	jar, _ := cookiejar.New(nil)
-	return &reader{base: base, c: &http.Client{Jar: jar, Timeout: 20 * time.Second,
-		Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}}
-}
-
-// signIn posts the product page's sign-in form, as Bookinfo's users do.
-func (r *reader) signIn(t *testing.T, user string) {
-	t.Helper()
-	resp, err := r.c.PostForm(r.base+"/login", url.Values{"username": {user}, "passwd": {""}})
-	if err != nil {
-		t.Fatalf("signing in as %s: %v", user, err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK || !strings.Contains(string(b), user+` <a href="logout">Sign out</a>`) {
-		t.Fatalf("signing in as %s: %s, want the product page naming %s with a Sign out link:\n%s", user, resp.Status, user, tail(b, 3000))
-	}
-}
-
-func (r *reader) productPage() (page, error) {
-	resp, err := r.c.Get(r.base + "/productpage")
-	if err != nil {
-		return page{}, err
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	p := page{status: resp.StatusCode, body: string(b)}
-	if err != nil {
-		return p, err
-	}
-	if m := servedBy.FindStringSubmatch(p.body); m != nil {
-		p.reviews = m[1]
-	}
-	if m := starFont.FindStringSubmatch(p.body); m != nil {
-		p.color = m[1]
-	}
-	p.stars = strings.Count(p.body, `class="glyphicon glyphicon-star"`)
-	if p.status != http.StatusOK || !strings.Contains(p.body, "<title>Simple Bookstore App</title>") {
-		return p, fmt.Errorf("not the product page: %s", p)
-	}
-	return p, nil
-}
-
-// until reads the page every 200 ms, for at most limit, until want holds n
-// times in a row: routing takes a moment to reach the proxies.
-func (r *reader) until(t *testing.T, limit time.Duration, n int, what string, want func(page) bool) {
-	t.Helper()
-	var last page
-	var lastErr error
-	run := 0
-	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
-		p, err := r.productPage()
-		last, lastErr = p, err
-		if err == nil && want(p) {
-			if run++; run == n {
-				return
-			}
-			continue
-		}
-		run = 0
-	}
-	t.Fatalf("the product page did not show %s %d times in a row within %v; last: %v %s", what, n, limit, lastErr, last)
-}
-
-// each reads the page n times; every read must show what want says.
-func (r *reader) each(t *testing.T, n int, what string, want func(page) bool) {
-	t.Helper()
-	for i := range n {
-		p, err := r.productPage()
-		if err != nil || !want(p) {
-			t.Fatalf("read %d of %d: the product page does not show %s: %v %s", i+1, n, what, err, p)
-		}
-	}
-}
 
 func nativeSidecar(p *corev1.Pod) bool {
 	for _, c := range p.Spec.InitContainers {
