@@ -1,6 +1,7 @@
 package xdsload
 
 import (
+	"errors"
 	"fmt"
 	"unique"
 
@@ -84,7 +85,7 @@ func decode(typeURL string, raw span) (decoded, error) {
 			d.deps = []unique.Handle[string]{internSpan(service)}
 		}
 	case EndpointType, RouteType:
-		name, err := spanField(raw, 1) // cluster_name, name
+		name, err := firstField(raw, 1) // cluster_name, name
 		if err != nil {
 			return d, fmt.Errorf("decoding %s: %w", ShortType(typeURL), err)
 		}
@@ -131,6 +132,30 @@ func spanField(s span, num protowire.Number) (span, error) {
 	})
 	return out, err
 }
+
+// firstField is the first value of length-delimited field num in s: for
+// a name written first (as every encoder writes field 1 of these), the
+// rest of a large resource is not read at all. Reading on to find a later
+// value, as protobuf's "last one wins" would, walked every virtual host of
+// every route configuration the fleet received.
+func firstField(s span, num protowire.Number) (span, error) {
+	var out span
+	err := scanSpan(s, fields(num), func(n protowire.Number, v span, _ uint64) error {
+		if n == num {
+			out = v
+			return errStop
+		}
+		return nil
+	})
+	if errors.Is(err, errStop) {
+		err = nil
+	}
+	return out, err
+}
+
+// errStop, returned by a scanSpan callback, ends the scan early; scanSpan
+// returns it.
+var errStop = errors.New("stop scanning")
 
 // scan calls f for each field of the message in b with its number and
 // either its bytes (length-delimited fields) or its value (varints).

@@ -30,7 +30,9 @@ type Options struct {
 	// serves Dir at Fleet.Addr, and PID (if not 0) is sampled.
 	Skiffd    string
 	SkiffdLog string // skiffd's stdout and stderr (default: discarded)
-	PID       int
+	// SkiffdArgs are more flags for the started skiffd (e.g. --log-level=debug).
+	SkiffdArgs []string
+	PID        int
 
 	SyncTimeout   time.Duration // initial sync of every proxy (default 2m)
 	ChangeTimeout time.Duration // one change reaching every proxy (default 30s)
@@ -41,6 +43,9 @@ type Options struct {
 	// HeapProfile, when set, receives the tool's heap profile once every
 	// proxy is synced (its largest state).
 	HeapProfile io.Writer
+	// Synced, when set, is called once every proxy is synced, before the
+	// first change (to profile the changes alone).
+	Synced func()
 }
 
 // Report is the figures of one run, printed as a table and as JSON.
@@ -161,6 +166,9 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	if err := self.synced(); err != nil {
 		return nil, err
 	}
+	if o.Synced != nil {
+		o.Synced()
+	}
 	if o.HeapProfile != nil {
 		runtime.GC()
 		if err := pprof.WriteHeapProfile(o.HeapProfile); err != nil {
@@ -259,7 +267,11 @@ func (p *phases) end() (err error) {
 	if p.last, err = SampleProc(p.pid); err != nil {
 		return err
 	}
-	p.stats.RSSAfterChangesMB, p.stats.HWMEndMB = mb(p.last.RSSBytes), mb(p.last.HWMBytes)
+	// VmHWM as read is not monotonic: the kernel folds its per-CPU RSS
+	// counts into the high-water mark lazily, so a later reading can be a
+	// few hundred KB below an earlier one. The peak is at least what was
+	// seen at sync.
+	p.stats.RSSAfterChangesMB, p.stats.HWMEndMB = mb(p.last.RSSBytes), max(mb(p.last.HWMBytes), p.stats.HWMSyncMB)
 	p.stats.CPUChangesSec = p.last.CPUSec - p.atSync.CPUSec
 	return nil
 }
@@ -277,8 +289,9 @@ func startSkiffd(ctx context.Context, o *Options) (stop func(), err error) {
 	}
 	// The CA runs as in production (so clusters carry auto mTLS, as
 	// Istio's do), on a free port, its root kept beside the mesh.
-	cmd := exec.Command(o.Skiffd, "--config-dir", o.Dir, "--xds-addr", xds, "--monitoring-addr", mon,
-		"--secure-addr", "127.0.0.1:0", "--ca-dir", filepath.Join(o.Dir, ".skiffd-ca"))
+	args := append([]string{"--config-dir", o.Dir, "--xds-addr", xds, "--monitoring-addr", mon,
+		"--secure-addr", "127.0.0.1:0", "--ca-dir", filepath.Join(o.Dir, ".skiffd-ca")}, o.SkiffdArgs...)
+	cmd := exec.Command(o.Skiffd, args...)
 	if o.SkiffdLog != "" {
 		f, err := os.Create(o.SkiffdLog)
 		if err != nil {

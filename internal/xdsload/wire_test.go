@@ -157,3 +157,22 @@ func TestParseTruncated(t *testing.T) {
 		}
 	}
 }
+
+func TestDirtyPoolSizes(t *testing.T) {
+	var p dirtyPool
+	for _, n := range []int{0, 1, 9, 16 << 10, 16<<10 + 1, 64 << 10, 64<<10 + 1} {
+		b := p.Get(n)
+		if len(*b) != n {
+			t.Errorf("Get(%d) has length %d", n, len(*b))
+		}
+		if c := cap(*b); n <= 64<<10 && (c < n || c&(c-1) != 0) {
+			t.Errorf("Get(%d) has capacity %d, want a power of two ≥ %d", n, c, n)
+		}
+		p.Put(b)
+	}
+	odd := make([]byte, 100)
+	p.Put(&odd) // not a pool size: dropped, never handed out for 128
+	if b := p.Get(128); cap(*b) != 128 {
+		t.Errorf("Get(128) after Put of a 100-byte buffer has capacity %d", cap(*b))
+	}
+}

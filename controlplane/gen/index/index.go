@@ -201,23 +201,65 @@ func qualifyGateway(g, ns string) string {
 }
 
 // VirtualServices returns the VirtualServices that apply to a proxy for a
-// gateway ("mesh" for sidecars, "ns/name" for a gateway), in Istio's
-// order (creation time, then namespace and name): those bound to that
-// gateway and exported to the proxy's namespace. Delegates are merged
-// into their roots and not returned by themselves.
+// gateway ("mesh" for sidecars, "ns/name" for a gateway): those bound to
+// that gateway and exported to the proxy's namespace, in Istio's order
+// (PushContext.VirtualServicesForGateway): those private to the proxy's
+// namespace first, then those exported to it by name, then public ones,
+// each by creation time, then namespace and name. The first one naming a
+// host wins it, so a namespace can override a public VirtualService with
+// a private one. Delegates are merged into their roots and not returned
+// by themselves.
 func (ix *Index) VirtualServices(p *xds.Proxy, gateway string) []*config.Object {
-	var out []*config.Object
+	type ranked struct {
+		o    *config.Object
+		rank int
+	}
+	var out []ranked
 	for _, o := range ix.virtualServices {
 		vs := o.Spec.(*networking.VirtualService)
-		if !visibleTo(vs.GetExportTo(), o.Meta.Namespace, p.Namespace) {
+		rank := exportRank(vs.GetExportTo(), o.Meta.Namespace, p.Namespace)
+		if rank < 0 {
 			continue
 		}
 		if slices.Contains(vsGateways(vs.GetGateways(), o.Meta.Namespace), gateway) ||
 			routesMention(vs, gateway, o.Meta.Namespace) {
-			out = append(out, o)
+			out = append(out, ranked{o, rank})
 		}
 	}
-	return out
+	slices.SortStableFunc(out, func(a, b ranked) int { return a.rank - b.rank })
+	objs := make([]*config.Object, len(out))
+	for i, r := range out {
+		objs[i] = r.o
+	}
+	return objs
+}
+
+// exportRank places an object exported to exportTo from namespace objNS
+// in the list a proxy of namespace ns sees: 0 private to ns ("." or its
+// own name), 1 exported to ns by name, 2 public; -1 when ns does not see
+// it.
+func exportRank(exportTo []string, objNS, ns string) int {
+	if len(exportTo) == 0 {
+		return 2
+	}
+	rank := -1
+	for _, e := range exportTo {
+		r := -1
+		switch {
+		case e == "*":
+			r = 2
+		case e == "." || e == objNS:
+			if ns == objNS {
+				r = 0
+			}
+		case e == ns:
+			r = 1
+		}
+		if r >= 0 && (rank < 0 || r < rank) {
+			rank = r
+		}
+	}
+	return rank
 }
 
 // routesMention reports whether a route match names the gateway while the

@@ -45,6 +45,9 @@ func Generate(p *xds.Proxy, ix *index.Index, names []string) []xds.Resource {
 	out := make([]xds.Resource, 0, len(names))
 	for _, name := range names {
 		r := ix.Cached("rds|"+key+"|"+name, func() any {
+			if port, ok := sidecarPort(p, name); ok {
+				return xds.MustResource(name, encodeSidecar(p, ix, port, sourceLabelsKey(p, ix)))
+			}
 			rc := build(p, ix, name)
 			if rc == nil {
 				rc = &routev3.RouteConfiguration{Name: name, ValidateClusters: wrapperspb.Bool(false)}
@@ -66,11 +69,7 @@ func cacheKey(p *xds.Proxy, ix *index.Index) string {
 	}
 	b.WriteByte('|')
 	b.WriteString(ix.SidecarScope(p).Key())
-	for _, k := range ix.SourceLabelKeys() {
-		if v, ok := p.Labels[k]; ok {
-			b.WriteString("|" + k + "=" + v)
-		}
-	}
+	b.WriteString(sourceLabelsKey(p, ix))
 	for _, g := range ix.Gateways(p) {
 		b.WriteString("|gw:" + index.GatewayName(g))
 	}
@@ -121,6 +120,16 @@ func HTTPPort(ps index.PortServices) bool {
 		}
 	}
 	return false
+}
+
+// sidecarPort reports whether name is one of a sidecar's outbound port
+// route configurations, and its port.
+func sidecarPort(p *xds.Proxy, name string) (int, bool) {
+	if p.Type == xds.RouterProxy || p.Proxyless || name == HTTPProxyRoute {
+		return 0, false
+	}
+	port, err := strconv.Atoi(name)
+	return port, err == nil
 }
 
 func build(p *xds.Proxy, ix *index.Index, name string) *routev3.RouteConfiguration {

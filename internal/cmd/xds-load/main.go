@@ -21,12 +21,13 @@ import (
 
 // options are the command's flags.
 type options struct {
-	run      xdsload.Options
-	total    time.Duration
-	jsonPath string
-	keep     bool
-	cpuProf  string
-	memProf  string
+	run         xdsload.Options
+	total       time.Duration
+	jsonPath    string
+	keep        bool
+	cpuProf     string
+	profChanges bool
+	memProf     string
 }
 
 func main() {
@@ -54,6 +55,10 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&r.Dir, "dir", "", "config directory to write the mesh into (default: a new temporary directory); must be the one skiffd reads when -skiffd is not given")
 	fs.StringVar(&r.Skiffd, "skiffd", "", "skiffd binary to start on -dir with loopback ports (otherwise give -xds-addr, and -pid to sample it)")
 	fs.StringVar(&r.SkiffdLog, "skiffd-log", "", "file for the started skiffd's output")
+	fs.Func("skiffd-arg", "a further flag for the started skiffd, e.g. -skiffd-arg=--log-level=debug (repeatable)", func(v string) error {
+		r.SkiffdArgs = append(r.SkiffdArgs, v)
+		return nil
+	})
 	fs.StringVar(&r.Fleet.Addr, "xds-addr", "127.0.0.1:15010", "xDS address of an already running skiffd")
 	fs.IntVar(&r.PID, "pid", 0, "pid of an already running skiffd, to sample its memory and CPU")
 	fs.DurationVar(&r.SyncTimeout, "sync-timeout", 2*time.Minute, "limit for the initial sync of every proxy")
@@ -63,6 +68,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.StringVar(&o.jsonPath, "json", "", "also write the JSON report to this file")
 	fs.BoolVar(&o.keep, "keep", false, "keep the temporary config directory")
 	fs.StringVar(&o.cpuProf, "cpuprofile", "", "write the load tool's own CPU profile here, to check it is not what limits the figures")
+	fs.BoolVar(&o.profChanges, "profile-changes", false, "start the -cpuprofile once every proxy is synced, so it covers the changes alone")
 	fs.StringVar(&o.memProf, "memprofile", "", "write the load tool's own heap profile here once every proxy is synced")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -89,15 +95,22 @@ func run(o *options, stdout, stderr io.Writer) int {
 	o.run.Progress = stderr
 	if o.cpuProf != "" {
 		f, err := os.Create(o.cpuProf)
-		if err == nil {
-			err = pprof.StartCPUProfile(f)
-		}
 		if err != nil {
 			fmt.Fprintln(stderr, "xds-load: -cpuprofile:", err)
 			return 1
 		}
 		defer f.Close()
 		defer pprof.StopCPUProfile()
+		start := func() {
+			if err := pprof.StartCPUProfile(f); err != nil {
+				fmt.Fprintln(stderr, "xds-load: -cpuprofile:", err)
+			}
+		}
+		if o.profChanges {
+			o.run.Synced = start
+		} else {
+			start()
+		}
 	}
 	if o.memProf != "" {
 		f, err := os.Create(o.memProf)

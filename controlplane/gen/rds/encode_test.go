@@ -1,0 +1,119 @@
+package rds
+
+import (
+	"bytes"
+	"path/filepath"
+	"testing"
+
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/skiff-mesh/skiff/controlplane/config"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index/indextest"
+)
+
+// TestEncodedSidecarMatchesBuilt holds the shared, assembled sidecar
+// route configurations to the message buildSidecar makes for each proxy
+// alone: byte for byte, for every sidecar of every namespace, generated
+// one after another on one index so that every proxy reuses what the
+// ones before it cached. Inputs: Bookinfo with each networking sample and
+// the features file, and testdata/shared.yaml, whose namespaces see
+// different VirtualServices and DestinationRules for the same hosts.
+func TestEncodedSidecarMatchesBuilt(t *testing.T) {
+	cases := map[string][]*config.Object{
+		"shared":   indextest.Mesh(indextest.Testdata(t, "shared.yaml")),
+		"features": nil,
+	}
+	files, err := filepath.Glob(filepath.Join(indextest.SamplesDir, "bookinfo/networking/*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no bookinfo networking samples: %v", err)
+	}
+	for _, f := range files {
+		cases[filepath.Base(f)] = nil
+	}
+	for name, objs := range cases {
+		t.Run(name, func(t *testing.T) {
+			var ix *index.Index
+			switch {
+			case objs != nil:
+				ix = indextest.Build(objs)
+			case name == "features":
+				ix = bookinfoIndex(t, indextest.Testdata(t, "features.yaml"))
+			default:
+				ix = bookinfoIndex(t, indextest.Sample(t, "bookinfo/networking/"+name))
+			}
+			checked := 0
+			for _, w := range ix.Registry().Workloads() {
+				p := indextest.SidecarFor(t, ix, w.Namespace, w.Name)
+				for _, r := range Generate(p, ix, nil) {
+					port, ok := sidecarPort(p, r.Name)
+					if !ok {
+						continue
+					}
+					want, err := proto.MarshalOptions{Deterministic: true}.Marshal(buildSidecar(p, ix, port))
+					if err != nil {
+						t.Fatal(err)
+					}
+					got := r.Message.(interface{ GetValue() []byte }).GetValue()
+					if !bytes.Equal(got, want) {
+						var rc routev3.RouteConfiguration
+						err := proto.Unmarshal(got, &rc)
+						t.Errorf("%s route configuration %s: assembled bytes differ from the built message (decodes: %v)\ngot  %v\nwant %v",
+							p.ID, r.Name, err, &rc, buildSidecar(p, ix, port))
+					}
+					checked++
+				}
+			}
+			if checked == 0 {
+				t.Fatal("no sidecar route configuration was checked")
+			}
+		})
+	}
+}
+
+// TestSharedRoutesFollowTheirInputs checks that the namespaces of
+// testdata/shared.yaml get the routes their own inputs call for, not
+// another namespace's from the cache.
+func TestSharedRoutesFollowTheirInputs(t *testing.T) {
+	ix := indextest.Build(indextest.Mesh(indextest.Testdata(t, "shared.yaml")))
+	route := func(ns, pod, vhost string) *routev3.VirtualHost {
+		t.Helper()
+		p := indextest.SidecarFor(t, ix, ns, pod)
+		rcs := indextest.Unpack[*routev3.RouteConfiguration](t, Generate(p, ix, []string{"80"}))
+		return vhostByName(t, rcs[0], vhost)
+	}
+	const web, api = "web.a.svc.cluster.local:80", "api.b.svc.cluster.local:80"
+	// In generation order: each must not see what the one before cached.
+	if got := routeNames(route("a", "web-v1-0", web)); len(got) != 1 || got[0] != "rest" {
+		t.Errorf("a/web-v1 routes to web = %q, want only rest", got)
+	}
+	// Both matches are catch-alls for the proxies they apply to.
+	if got := routeNames(route("b", "api-0", web)); len(got) != 1 || got[0] != "from-b" {
+		t.Errorf("b/api routes to web = %q, want only from-b", got)
+	}
+	if got := routeNames(route("c", "canary-0", web)); len(got) != 1 || got[0] != "canary" {
+		t.Errorf("c/canary routes to web = %q, want only canary", got)
+	}
+	cw := route("c", "client-0", web)
+	if hp := cw.GetRoutes()[0].GetRoute().GetHashPolicy(); len(hp) != 1 || hp[0].GetHeader().GetHeaderName() != "x-user" {
+		t.Errorf("c/client web hash policy = %v, want x-user header (c's own DestinationRule)", hp)
+	}
+	if hp := route("a", "web-v2-0", web).GetRoutes()[0].GetRoute().GetHashPolicy(); len(hp) != 0 {
+		t.Errorf("a/web-v2 web hash policy = %v, want none (c's DestinationRule is not exported)", hp)
+	}
+	// A VirtualService private to c comes before b's public one there, as
+	// in Istio, though b's is older.
+	if got := routeNames(route("c", "client-0", api)); len(got) != 1 || got[0] != "local-override" {
+		t.Errorf("c/client routes to api = %q, want c's local-override", got)
+	}
+	if got := routeNames(route("a", "web-v1-0", api)); len(got) != 1 || got[0] != "" {
+		t.Errorf("a/web-v1 routes to api = %q, want b's unnamed route", got)
+	}
+	if hp := route("c", "canary-0", api).GetRoutes()[0].GetRoute().GetHashPolicy(); len(hp) != 1 || !hp[0].GetConnectionProperties().GetSourceIp() {
+		t.Errorf("c/canary api hash policy = %v, want source IP (selected DestinationRule)", hp)
+	}
+	if hp := route("c", "client-0", api).GetRoutes()[0].GetRoute().GetHashPolicy(); len(hp) != 0 {
+		t.Errorf("c/client api hash policy = %v, want none", hp)
+	}
+}
