@@ -3,7 +3,10 @@
 // *.yaml, *.yml and *.json file under the directory, recursively, each
 // file one origin of the store. It watches the tree with inotify and, once
 // the tree has been quiet for a debounce interval, rereads only the files
-// that changed.
+// that changed: those the events named, or, after events a list of files
+// cannot describe (a directory created, moved or removed, a hidden name
+// such as a ConfigMap's ..data swap, a lost event) and at every resync,
+// every file whose size, times or inode differ from the last read.
 package file
 
 import (
@@ -15,9 +18,12 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 
@@ -57,6 +63,12 @@ type Source struct {
 	files   map[string]fileState
 	missing map[string]time.Time // when a file known to the sink was first seen missing
 	watch   int                  // inotify descriptor, -1 without inotify
+
+	// What the events since the last read named, filled by the event
+	// reader and taken by Run.
+	pendMu sync.Mutex
+	pend   pending
+	wds    map[int32]string // inotify watch descriptor → its directory
 }
 
 // fileState is what was last read from one file.
@@ -83,7 +95,7 @@ func New(dir string, opts Options) *Source {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
 	return &Source{dir: dir, opts: opts, synced: make(chan struct{}),
-		files: map[string]fileState{}, missing: map[string]time.Time{}, watch: -1}
+		files: map[string]fileState{}, missing: map[string]time.Time{}, watch: -1, wds: map[int32]string{}}
 }
 
 // Synced is closed once every file present at start has been given to the
@@ -114,7 +126,7 @@ func (s *Source) Run(ctx context.Context, sink config.Sink) error {
 		f := os.NewFile(uintptr(fd), "inotify")
 		defer f.Close()
 		s.watch = fd
-		go readEvents(f, events)
+		go s.readEvents(f, events)
 	}
 
 	s.scan(sink)
@@ -143,29 +155,124 @@ func (s *Source) Run(ctx context.Context, sink config.Sink) error {
 		case <-events:
 			wake()
 		case <-resync.C:
+			s.pendMu.Lock()
+			s.pend.full = true
+			s.pendMu.Unlock()
 			wake()
 		case <-debounce.C:
 			firstEvent = time.Time{}
-			if wait := s.scan(sink); wait > 0 {
+			s.pendMu.Lock()
+			p := s.pend
+			s.pend = pending{}
+			s.pendMu.Unlock()
+			var wait time.Duration
+			if p.full || s.watch < 0 {
+				wait = s.scan(sink)
+			} else {
+				// Reading the named files alone spares a tree of thousands
+				// of manifests a walk and a stat of each per change.
+				wait = s.scanPaths(p.paths, sink)
+			}
+			if wait > 0 {
 				debounce.Reset(wait)
 			}
 		}
 	}
 }
 
-// readEvents turns inotify events into wake-ups; which file changed does
-// not matter, since a scan compares every file with what was last read.
-func readEvents(f *os.File, events chan<- struct{}) {
+// pending is what events asked to be reread.
+type pending struct {
+	full  bool                // the whole tree (see the package doc)
+	paths map[string]struct{} // else these files
+}
+
+// readEvents notes what inotify events name and wakes Run.
+func (s *Source) readEvents(f *os.File, events chan<- struct{}) {
 	buf := make([]byte, 64*1024)
 	for {
-		if _, err := f.Read(buf); err != nil {
+		n, err := f.Read(buf)
+		if err != nil {
 			return
 		}
+		s.pendMu.Lock()
+		for off := 0; off+unix.SizeofInotifyEvent <= n; {
+			ev := (*unix.InotifyEvent)(unsafe.Pointer(&buf[off]))
+			end := min(n, off+unix.SizeofInotifyEvent+int(ev.Len))
+			name := strings.TrimRight(string(buf[off+unix.SizeofInotifyEvent:end]), "\x00")
+			off = end
+			dir, watched := s.wds[ev.Wd]
+			if ev.Mask&(unix.IN_Q_OVERFLOW|unix.IN_ISDIR|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0 ||
+				!watched || name == "" || strings.HasPrefix(name, ".") {
+				s.pend.full = true
+				continue
+			}
+			if s.pend.paths == nil {
+				s.pend.paths = map[string]struct{}{}
+			}
+			s.pend.paths[filepath.Join(dir, name)] = struct{}{}
+		}
+		s.pendMu.Unlock()
 		select {
 		case events <- struct{}{}:
 		default:
 		}
 	}
+}
+
+// scanPaths is scan for the files events named (and those still within
+// their grace after going missing): it rereads those that changed and
+// removes those gone for longer than the grace, returning how long until
+// the next grace ends.
+func (s *Source) scanPaths(paths map[string]struct{}, sink config.Sink) (wait time.Duration) {
+	check := make([]string, 0, len(paths)+len(s.missing))
+	for p := range paths {
+		check = append(check, p)
+	}
+	for p := range s.missing {
+		if _, ok := paths[p]; !ok {
+			check = append(check, p)
+		}
+	}
+	slices.Sort(check)
+	now := time.Now()
+	for _, path := range check {
+		if !isManifest(path) {
+			continue
+		}
+		if s.readFile(path, sink) {
+			delete(s.missing, path)
+			continue
+		}
+		if _, known := s.files[path]; !known {
+			delete(s.missing, path)
+			continue
+		}
+		if left := s.missingFor(path, now); left > 0 {
+			if wait == 0 || left < wait {
+				wait = left
+			}
+			continue
+		}
+		delete(s.files, path)
+		sink.Replace(path, nil, nil)
+	}
+	return wait
+}
+
+// missingFor records that a known file is missing (since now, unless it
+// already was) and returns how much of its grace is left; once none is,
+// it forgets the file's missing mark.
+func (s *Source) missingFor(path string, now time.Time) time.Duration {
+	since, ok := s.missing[path]
+	if !ok {
+		since = now
+		s.missing[path] = now
+	}
+	left := s.opts.DeleteGrace - now.Sub(since)
+	if left <= 0 {
+		delete(s.missing, path)
+	}
+	return left
 }
 
 // scan walks the tree and gives the sink every file that changed. It
@@ -195,8 +302,13 @@ func (s *Source) scan(sink config.Sink) (wait time.Duration) {
 		}
 		if d.IsDir() {
 			if s.watch >= 0 {
-				if _, err := unix.InotifyAddWatch(s.watch, path, watchMask); err != nil {
+				wd, err := unix.InotifyAddWatch(s.watch, path, watchMask)
+				if err != nil {
 					s.opts.Log.Warn("cannot watch config directory; its changes are seen at the next resync", "dir", path, "error", err)
+				} else {
+					s.pendMu.Lock()
+					s.wds[int32(wd)] = path
+					s.pendMu.Unlock()
 				}
 			}
 			return nil
@@ -223,18 +335,12 @@ func (s *Source) scan(sink config.Sink) (wait time.Duration) {
 		if seen[path] || under(path, unreadableDirs) {
 			continue
 		}
-		since, ok := s.missing[path]
-		if !ok {
-			since = now
-			s.missing[path] = now
-		}
-		if left := s.opts.DeleteGrace - now.Sub(since); left > 0 {
+		if left := s.missingFor(path, now); left > 0 {
 			if wait == 0 || left < wait {
 				wait = left
 			}
 			continue
 		}
-		delete(s.missing, path)
 		delete(s.files, path)
 		sink.Replace(path, nil, nil)
 	}

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	networking "istio.io/api/networking/v1alpha3"
 
@@ -47,6 +48,7 @@ func (o Options) withDefaults() Options {
 type Index struct {
 	opts Options
 	reg  *model.Registry
+	seq  uint64 // see Seq
 
 	// byKind holds the objects of each kind sorted in Istio's order
 	// (oldest first, then namespace/name).
@@ -72,12 +74,20 @@ type ResolvedDR struct {
 	Source *config.Object
 }
 
+// builds numbers the indexes built in this process.
+var builds atomic.Uint64
+
+// Seq orders indexes by when they were built: a later config version has
+// a larger Seq. Caches that outlive one version use it to tell the newest.
+func (ix *Index) Seq() uint64 { return ix.seq }
+
 // Build derives the index from a snapshot's objects and the registry built
 // from the same objects.
 func Build(objs []*config.Object, reg *model.Registry, o Options) *Index {
 	ix := &Index{
 		opts:   o.withDefaults(),
 		reg:    reg,
+		seq:    builds.Add(1),
 		byKind: make(map[config.Kind][]*config.Object),
 		scopes: make(map[string]*SidecarScope),
 	}

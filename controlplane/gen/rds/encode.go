@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"unsafe"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
@@ -141,60 +143,135 @@ func (vh *encodedVHost) size() int {
 }
 
 // sharedRoutes is serviceRoutes marshalled as VirtualHost.routes
-// elements, built once per config version for all proxies whose routes
-// for the service depend on the same inputs (routesKey).
+// elements, built once for all proxies whose routes for the service
+// depend on the same inputs (routesKey), and kept across config versions
+// while those inputs stay the same: a VirtualService change then
+// translates the routes of the services it touches, not of all of them.
 func sharedRoutes(p *xds.Proxy, ix *index.Index, vss *VSLookup, host string, port int, operation, labelsKey string) []byte {
 	vs := vss.For(host)
-	return ix.Cached(routesKey(p, ix, vs, host, port, operation, labelsKey), func() any {
-		var b []byte
-		opts := proto.MarshalOptions{Deterministic: true}
-		for _, r := range serviceRoutes(p, ix, vss, host, port, operation) {
-			b = protowire.AppendTag(b, vhRoutes, protowire.BytesType)
-			b = protowire.AppendVarint(b, uint64(opts.Size(r)))
-			var err error
-			if b, err = opts.MarshalAppend(b, r); err != nil {
-				panic(err)
+	key, refs := routesKey(p, ix, vs, host, port, operation, labelsKey)
+	return ix.Cached(key, func() any {
+		return carried.get(ix.Seq(), key, refs, func() []byte {
+			routesBuilt.Add(1)
+			var b []byte
+			opts := proto.MarshalOptions{Deterministic: true}
+			for _, r := range serviceRoutes(p, ix, vss, host, port, operation) {
+				b = protowire.AppendTag(b, vhRoutes, protowire.BytesType)
+				b = protowire.AppendVarint(b, uint64(opts.Size(r)))
+				var err error
+				if b, err = opts.MarshalAppend(b, r); err != nil {
+					panic(err)
+				}
 			}
-		}
-		return b
+			return b
+		})
 	}).([]byte)
 }
 
 // routesKey names everything serviceRoutes reads for a service on a
-// port, so that two proxies with equal keys get equal routes: the
-// VirtualService that applies (VSLookup's pick, which depends on the
-// proxy's namespace through exportTo), the proxy's namespace when that
-// VirtualService matches on sourceNamespace, its values of the labels
-// some VirtualService matches on (labelsKey), and for every host the
-// routes send to, the service that host resolves to and the
-// DestinationRule (whose consistent hash becomes the route's hash policy)
-// as seen from the proxy's namespace with its labels. Identities are the
-// index's own objects, which live as long as the cache they key.
-func routesKey(p *xds.Proxy, ix *index.Index, vs *config.Object, host string, port int, operation, labelsKey string) string {
+// port, so that two proxies with equal keys get equal routes, in this
+// config version or a later one: the VirtualService that applies
+// (VSLookup's pick, which depends on the proxy's namespace through
+// exportTo), the proxy's namespace when that VirtualService matches on
+// sourceNamespace, its values of the labels some VirtualService matches
+// on (labelsKey), and for every host the routes send to, the service that
+// host resolves to (its namespace and, when it has one, its only port,
+// which a destination without a port means) and the DestinationRule
+// whose consistent hash becomes the route's hash policy, as seen from the
+// proxy's namespace with its labels.
+//
+// Config objects are named by address: the store keeps an object for as
+// long as it is unchanged and replaces it when it changes, so an address
+// names one content. refs are the objects whose addresses the key holds;
+// a cached entry keeps them, so no other object can take their address
+// while the key is in use.
+func routesKey(p *xds.Proxy, ix *index.Index, vs *config.Object, host string, port int, operation, labelsKey string) (string, []any) {
 	var b strings.Builder
+	var refs []any
 	b.WriteString("rdsr|")
-	b.WriteString(operation) // host:port/*
+	b.WriteString(ix.Options().DomainSuffix)
+	b.WriteString("|" + operation) // host:port/*
 	b.WriteString(labelsKey)
+	b.WriteString("|" + strconv.Itoa(port))
 	dests := []string{host} // the default route's, also taken when none of the VirtualService's apply
 	if vs != nil {
 		b.WriteString("|vs:" + ptrKey(unsafe.Pointer(vs)))
+		refs = append(refs, vs)
 		spec := vs.Spec.(*networking.VirtualService)
 		if usesSourceNamespace(spec) {
 			b.WriteString("|ns:" + p.Namespace)
 		}
 		dests = append(destinationHosts(ix, vs, spec), host)
+		slices.Sort(dests)
+		dests = slices.Compact(dests)
 	}
-	b.WriteString("|" + strconv.Itoa(port))
 	for _, h := range dests {
 		b.WriteString("|" + h + "@")
 		if svc := ix.Registry().Service(h, p.Namespace); svc != nil {
-			b.WriteString(ptrKey(unsafe.Pointer(svc)))
+			b.WriteString(svc.Namespace)
+			if len(svc.Ports) == 1 {
+				b.WriteString(":" + strconv.Itoa(svc.Ports[0].Port))
+			}
 		}
 		if dr := ix.DestinationRule(p.Namespace, h, p.Labels); dr != nil {
-			b.WriteString("#" + ptrKey(unsafe.Pointer(dr)))
+			if dr.Source != nil && dr.Source.Spec == dr.Rule {
+				b.WriteString("#o" + ptrKey(unsafe.Pointer(dr.Source)))
+				refs = append(refs, dr.Source)
+			} else { // merged from several rules: this version's own
+				b.WriteString("#r" + ptrKey(unsafe.Pointer(dr)))
+				refs = append(refs, dr)
+			}
 		}
 	}
-	return b.String()
+	return b.String(), refs
+}
+
+// routesBuilt counts route translations, for tests to see reuse.
+var routesBuilt atomic.Int64
+
+// carried keeps the routes of the newest config version, and of the one
+// before it, for the next version to reuse.
+var carried carriedRoutes
+
+type carriedRoutes struct {
+	mu       sync.Mutex
+	seq      uint64                 // Seq of the newest index seen
+	cur, old map[string]*routeEntry // used by that version; by the one before
+}
+
+type routeEntry struct {
+	routes []byte
+	refs   []any // the objects the key names by address (see routesKey)
+}
+
+// get returns the routes under key, building them if neither the index
+// of version seq nor the one before it has. An index older than the
+// newest builds its own without keeping them.
+func (c *carriedRoutes) get(seq uint64, key string, refs []any, build func() []byte) []byte {
+	c.mu.Lock()
+	if seq > c.seq {
+		c.seq, c.old, c.cur = seq, c.cur, map[string]*routeEntry{}
+	}
+	if seq == c.seq {
+		e := c.cur[key]
+		if e == nil {
+			if e = c.old[key]; e != nil {
+				c.cur[key] = e
+			}
+		}
+		if e != nil {
+			c.mu.Unlock()
+			return e.routes
+		}
+	}
+	c.mu.Unlock()
+	routes := build()
+	c.mu.Lock()
+	if seq == c.seq {
+		c.cur[key] = &routeEntry{routes: routes, refs: refs}
+	}
+	c.mu.Unlock()
+	return routes
 }
 
 func ptrKey(p unsafe.Pointer) string { return strconv.FormatUint(uint64(uintptr(p)), 36) }
@@ -211,7 +288,7 @@ func usesSourceNamespace(vs *networking.VirtualService) bool {
 }
 
 // destinationHosts are the hosts a VirtualService's HTTP routes send or
-// mirror to, resolved as translation resolves them, sorted and unique.
+// mirror to, resolved as translation resolves them.
 func destinationHosts(ix *index.Index, o *config.Object, vs *networking.VirtualService) []string {
 	var out []string
 	add := func(d *networking.Destination) {
@@ -228,8 +305,7 @@ func destinationHosts(ix *index.Index, o *config.Object, vs *networking.VirtualS
 			add(m.GetDestination())
 		}
 	}
-	slices.Sort(out)
-	return slices.Compact(out)
+	return out
 }
 
 // sourceLabelsKey is the proxy's values of the labels VirtualServices

@@ -3,10 +3,13 @@ package rds
 import (
 	"bytes"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	"google.golang.org/protobuf/proto"
+	networking "istio.io/api/networking/v1alpha3"
+	corev1 "k8s.io/api/core/v1"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
@@ -115,5 +118,101 @@ func TestSharedRoutesFollowTheirInputs(t *testing.T) {
 	}
 	if hp := route("c", "client-0", api).GetRoutes()[0].GetRoute().GetHashPolicy(); len(hp) != 0 {
 		t.Errorf("c/client api hash policy = %v, want none", hp)
+	}
+}
+
+// TestRoutesCarriedAcrossVersions changes one object at a time, as a
+// config edit does (the store keeps every other object as it was), and
+// checks that each new version's sidecar route configurations are
+// exactly what buildSidecar makes from that version alone, while routes
+// whose inputs did not change were reused rather than translated again.
+func TestRoutesCarriedAcrossVersions(t *testing.T) {
+	base := indextest.Mesh(indextest.Testdata(t, "shared.yaml"))
+	find := func(kind config.Kind, ns, name string) int {
+		for i, o := range base {
+			if o.Kind == kind && o.Meta.Namespace == ns && o.Meta.Name == name {
+				return i
+			}
+		}
+		t.Fatalf("no %s %s/%s in shared.yaml", kind.Kind, ns, name)
+		return -1
+	}
+	// edit returns base with one object replaced by an edited copy.
+	edit := func(kind config.Kind, ns, name string, change func(spec proto.Message)) []*config.Object {
+		i := find(kind, ns, name)
+		o := *base[i]
+		spec := proto.Clone(o.Spec.(proto.Message))
+		change(spec)
+		o.Spec = spec
+		out := slices.Clone(base)
+		out[i] = &o
+		return out
+	}
+	without := func(kind config.Kind, ns, name string) []*config.Object {
+		i := find(kind, ns, name)
+		return slices.Delete(slices.Clone(base), i, i+1)
+	}
+	versions := []struct {
+		name string
+		objs []*config.Object
+	}{
+		{"weights", edit(config.VirtualService, "a", "web", func(m proto.Message) {
+			r := m.(*networking.VirtualService).GetHttp()[2].GetRoute()
+			r[0].Weight, r[1].Weight = 50, 50
+		})},
+		{"hash policy dropped", edit(config.DestinationRule, "c", "web-hash", func(m proto.Message) {
+			m.(*networking.DestinationRule).TrafficPolicy = nil
+		})},
+		{"selector moved", edit(config.DestinationRule, "c", "api-canary", func(m proto.Message) {
+			m.(*networking.DestinationRule).WorkloadSelector.MatchLabels = map[string]string{"app": "client"}
+		})},
+		{"private override removed", without(config.VirtualService, "c", "api-local")},
+		{"destination gains a port", func() []*config.Object {
+			i := find(config.Service, "b", "legacy")
+			o := *base[i]
+			svc := o.Spec.(*corev1.Service).DeepCopy()
+			svc.Spec.Ports = append(svc.Spec.Ports, corev1.ServicePort{Name: "http", Port: 80})
+			o.Spec = svc
+			out := slices.Clone(base)
+			out[i] = &o
+			return out
+		}()},
+		{"source namespace changed", edit(config.VirtualService, "a", "web", func(m proto.Message) {
+			m.(*networking.VirtualService).GetHttp()[0].GetMatch()[0].SourceNamespace = "c"
+		})},
+	}
+	check := func(t *testing.T, ix *index.Index) {
+		t.Helper()
+		for _, w := range ix.Registry().Workloads() {
+			p := indextest.SidecarFor(t, ix, w.Namespace, w.Name)
+			for _, r := range Generate(p, ix, nil) {
+				port, ok := sidecarPort(p, r.Name)
+				if !ok {
+					continue
+				}
+				want, err := proto.MarshalOptions{Deterministic: true}.Marshal(buildSidecar(p, ix, port))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := r.Message.(interface{ GetValue() []byte }).GetValue(); !bytes.Equal(got, want) {
+					var rc routev3.RouteConfiguration
+					_ = proto.Unmarshal(got, &rc)
+					t.Errorf("%s route configuration %s differs from this version's own\ngot  %v\nwant %v", p.ID, r.Name, &rc, buildSidecar(p, ix, port))
+				}
+			}
+		}
+	}
+	before := routesBuilt.Load()
+	check(t, indextest.Build(base))
+	all := routesBuilt.Load() - before // every route of the first version
+	for _, v := range versions {
+		t.Run(v.name, func(t *testing.T) {
+			check(t, indextest.Build(base)) // the version before the edit, cached
+			before := routesBuilt.Load()
+			check(t, indextest.Build(v.objs))
+			if built := routesBuilt.Load() - before; built == 0 || built >= all {
+				t.Errorf("the edit translated %d routes of %d; want those it changed, not every one", built, all)
+			}
+		})
 	}
 }
