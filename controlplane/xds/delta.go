@@ -106,11 +106,7 @@ func (h deltaHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 	keep, limited := p.req.endpointsLimited()
 	if limited && typeURL == EndpointType {
 		// Only these clusters' endpoints changed: generate just them.
-		for _, n := range w.subscribed() {
-			if keep(n) {
-				limitedTo = append(limitedTo, n)
-			}
-		}
+		limitedTo = p.limitedNames(w.list, keep)
 		if !w.wildcard && len(limitedTo) == 0 {
 			c.mu.Unlock()
 			return false, nil

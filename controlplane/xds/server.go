@@ -251,6 +251,36 @@ type push struct {
 	req     *PushRequest
 	version string
 	queued  time.Time
+
+	// limited caches, per subscription list, the names an endpoint-only
+	// push sends: thousands of streams share a few lists, and each
+	// checked its 2000 names against the changed services.
+	mu      sync.Mutex
+	limited map[*nameList][]string
+}
+
+// limitedNames is the names of l that keep accepts, computed once per
+// list for all the streams this push goes to. Callers must not modify it.
+func (p *push) limitedNames(l *nameList, keep func(string) bool) []string {
+	if l == nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if out, ok := p.limited[l]; ok {
+		return out
+	}
+	var out []string
+	for _, n := range l.names {
+		if keep(n) {
+			out = append(out, n)
+		}
+	}
+	if p.limited == nil {
+		p.limited = map[*nameList][]string{}
+	}
+	p.limited[l] = out
+	return out
 }
 
 func mergePush(a, b *push) *push {

@@ -75,7 +75,7 @@ func (h sotwHandler) push(c *conn, typeURL string, p *push) (bool, error) {
 // send generates the type's full subscribed set and sends it.
 func (h sotwHandler) send(c *conn, w *watch, p *push) (bool, error) {
 	c.mu.Lock()
-	names, wildcard := w.subscription(), w.wildcard
+	names, list, wildcard := w.subscription(), w.list, w.wildcard
 	c.mu.Unlock()
 	if !wildcard && len(names) == 0 {
 		return false, nil
@@ -87,13 +87,7 @@ func (h sotwHandler) send(c *conn, w *watch, p *push) (bool, error) {
 			// lets EDS carry just them, the proxy keeps the rest.
 			keep, limited = k, true
 			if !wildcard {
-				var some []string // names is shared: filter into a new slice
-				for _, n := range names {
-					if keep(n) {
-						some = append(some, n)
-					}
-				}
-				names = some
+				names = p.limitedNames(list, keep)
 			}
 			if !wildcard && len(names) == 0 {
 				return false, nil

@@ -4,8 +4,8 @@
 // file one origin of the store. It watches the tree with inotify and, once
 // the tree has been quiet for a debounce interval, rereads only the files
 // that changed: those the events named, or, after events a list of files
-// cannot describe (a directory created, moved or removed, a hidden name
-// such as a ConfigMap's ..data swap, a lost event) and at every resync,
+// cannot describe (a directory created, moved or removed, a ConfigMap's
+// ..data swap, a lost event) and at every resync,
 // every file whose size, times or inode differ from the last read.
 package file
 
@@ -202,8 +202,16 @@ func (s *Source) readEvents(f *os.File, events chan<- struct{}) {
 			off = end
 			dir, watched := s.wds[ev.Wd]
 			if ev.Mask&(unix.IN_Q_OVERFLOW|unix.IN_ISDIR|unix.IN_DELETE_SELF|unix.IN_MOVE_SELF|unix.IN_IGNORED) != 0 ||
-				!watched || name == "" || strings.HasPrefix(name, ".") {
+				!watched || name == "" || strings.HasPrefix(name, "..") {
+				// ".." names are a mounted ConfigMap's swap of its ..data
+				// link: every file under it may have changed.
 				s.pend.full = true
+				continue
+			}
+			if strings.HasPrefix(name, ".") {
+				// A hidden file is never read (an editor's swap file, or
+				// the temporary file a save renames over its target,
+				// whose rename names the target too).
 				continue
 			}
 			if s.pend.paths == nil {

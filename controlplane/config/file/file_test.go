@@ -262,6 +262,34 @@ func TestFileSourceSymlinkedDirectory(t *testing.T) {
 	eventually(t, "change seen through the link", func() bool { return label(store, "a") == "2" })
 }
 
+// A mounted ConfigMap is updated by writing a new hidden directory and
+// swapping the ..data link to it; the visible files are links through
+// ..data and are never written themselves.
+func TestFileSourceConfigMapUpdate(t *testing.T) {
+	dir := t.TempDir()
+	write(t, filepath.Join(dir, "..2026_01", "ns.yaml"), namespace("a", "v: '1'"))
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	must(os.Symlink("..2026_01", filepath.Join(dir, "..data")))
+	must(os.Symlink(filepath.Join("..data", "ns.yaml"), filepath.Join(dir, "ns.yaml")))
+	store, sp := start(t, dir)
+	if label(store, "a") != "1" {
+		t.Fatalf("initial label %q", label(store, "a"))
+	}
+	write(t, filepath.Join(dir, "..2026_02", "ns.yaml"), namespace("a", "v: '2'"))
+	must(os.Symlink("..2026_02", filepath.Join(dir, "..data_tmp")))
+	must(os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+	must(os.RemoveAll(filepath.Join(dir, "..2026_01")))
+	eventually(t, "the swapped ConfigMap seen", func() bool { return label(store, "a") == "2" })
+	if got := sp.removals(); len(got) != 0 {
+		t.Errorf("origins removed during the swap: %v", got)
+	}
+}
+
 func TestFileSourceMissingDirectory(t *testing.T) {
 	err := New(filepath.Join(t.TempDir(), "nope"), Options{}).Run(context.Background(), config.NewStore(nil, nil))
 	if err == nil || !strings.Contains(err.Error(), "no such file or directory") {

@@ -15,6 +15,11 @@ import (
 // host resolved to a full name, in Istio's order (oldest first).
 type drTable struct {
 	byNS map[string][]*drEntry
+	// The same entries by namespace and host: exact holds those whose
+	// host is a name, wild those whose host is a wildcard. A lookup per
+	// service per proxy group scanned every rule of the namespace.
+	exact map[string]map[string][]*drEntry
+	wild  map[string][]*drEntry
 	// merged caches the merge of several rules for one host and namespace,
 	// so every caller gets the same *ResolvedDR and caches keyed on it hit.
 	mu     sync.Mutex
@@ -40,7 +45,8 @@ func (ix *Index) drTable() *drTable {
 }
 
 func buildDRTable(ix *Index) *drTable {
-	t := &drTable{byNS: map[string][]*drEntry{}, merged: map[string]*ResolvedDR{}}
+	t := &drTable{byNS: map[string][]*drEntry{}, merged: map[string]*ResolvedDR{},
+		exact: map[string]map[string][]*drEntry{}, wild: map[string][]*drEntry{}}
 	for _, o := range ix.byKind[config.DestinationRule] {
 		dr, ok := o.Spec.(*networking.DestinationRule)
 		if !ok {
@@ -52,7 +58,16 @@ func buildDRTable(ix *Index) *drTable {
 			selector: dr.GetWorkloadSelector().GetMatchLabels(),
 			resolved: &ResolvedDR{Rule: dr, Source: o},
 		}
-		t.byNS[o.Meta.Namespace] = append(t.byNS[o.Meta.Namespace], e)
+		ns := o.Meta.Namespace
+		t.byNS[ns] = append(t.byNS[ns], e)
+		if strings.HasPrefix(e.host, "*") {
+			t.wild[ns] = append(t.wild[ns], e)
+			continue
+		}
+		if t.exact[ns] == nil {
+			t.exact[ns] = map[string][]*drEntry{}
+		}
+		t.exact[ns][e.host] = append(t.exact[ns][e.host], e)
 	}
 	return t
 }
@@ -114,17 +129,25 @@ func (ix *Index) DestinationRuleSelectorKey(ns string, workloadLabels map[string
 // lookup finds the most specific rules in ns for host among those keep
 // accepts, merging several for the same host.
 func (t *drTable) lookup(ns, host string, keep func(*drEntry) bool) *ResolvedDR {
+	// Rules naming host exactly beat every wildcard.
 	var best []*drEntry
-	bestHost := ""
-	for _, e := range t.byNS[ns] {
-		if !keep(e) || !hostMatches(e.host, host) {
-			continue
-		}
-		switch {
-		case len(best) > 0 && e.host == bestHost:
+	bestHost := host
+	for _, e := range t.exact[ns][host] {
+		if keep(e) {
 			best = append(best, e)
-		case len(best) == 0 || moreSpecific(e.host, bestHost):
-			best, bestHost = []*drEntry{e}, e.host
+		}
+	}
+	if len(best) == 0 {
+		for _, e := range t.wild[ns] {
+			if !keep(e) || !hostMatches(e.host, host) {
+				continue
+			}
+			switch {
+			case len(best) > 0 && e.host == bestHost:
+				best = append(best, e)
+			case len(best) == 0 || moreSpecific(e.host, bestHost):
+				best, bestHost = []*drEntry{e}, e.host
+			}
 		}
 	}
 	switch len(best) {
