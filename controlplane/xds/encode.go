@@ -464,7 +464,12 @@ func (t *interner) intern(b []byte) string {
 // false when the message is not well-formed, for the proto library to
 // decode and explain.
 func decodeRequest(b []byte, req *discoveryv3.DiscoveryRequest) bool {
+	// An ACK lists thousands of names: size the list once rather than
+	// let append grow it a dozen times per ACK.
 	var list []string
+	if n := countField(b, 3); n > 0 {
+		list = make([]string, 0, n)
+	}
 	rest, ok := splitNames(b, func(num protowire.Number, name []byte) bool {
 		if num != 3 {
 			return false
@@ -488,6 +493,9 @@ func decodeRequest(b []byte, req *discoveryv3.DiscoveryRequest) bool {
 // unsubscribed (4) names are interned.
 func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) bool {
 	var sub, unsub []string
+	if n := countField(b, 3); n > 0 {
+		sub = make([]string, 0, n)
+	}
 	rest, ok := splitNames(b, func(num protowire.Number, name []byte) bool {
 		switch num {
 		case 3:
@@ -507,6 +515,27 @@ func decodeDeltaRequest(b []byte, req *discoveryv3.DeltaDiscoveryRequest) bool {
 	}
 	req.ResourceNamesSubscribe, req.ResourceNamesUnsubscribe = sub, unsub
 	return true
+}
+
+// countField counts the length-delimited fields num of message b (a
+// guess for sizing: a malformed b is found by the decoding that follows).
+func countField(b []byte, num protowire.Number) int {
+	n := 0
+	for len(b) > 0 {
+		f, typ, k := protowire.ConsumeTag(b)
+		if k < 0 {
+			return n
+		}
+		m := protowire.ConsumeFieldValue(f, typ, b[k:])
+		if m < 0 {
+			return n
+		}
+		if f == num && typ == protowire.BytesType {
+			n++
+		}
+		b = b[k+m:]
+	}
+	return n
 }
 
 // splitNames offers each well-formed string field 3 or 4 of message b to
