@@ -122,28 +122,23 @@ func decode(typeURL string, raw span) (decoded, error) {
 }
 
 // spanField is the last value of length-delimited field num in s.
-func spanField(s span, num protowire.Number) (span, error) {
-	var out span
-	err := scanSpan(s, fields(num), func(n protowire.Number, v span, _ uint64) error {
-		if n == num {
-			out = v
-		}
-		return nil
-	})
-	return out, err
-}
+func spanField(s span, num protowire.Number) (span, error) { return fieldOf(s, num, false) }
 
 // firstField is the first value of length-delimited field num in s: for
 // a name written first (as every encoder writes field 1 of these), the
 // rest of a large resource is not read at all. Reading on to find a later
 // value, as protobuf's "last one wins" would, walked every virtual host of
 // every route configuration the fleet received.
-func firstField(s span, num protowire.Number) (span, error) {
+func firstField(s span, num protowire.Number) (span, error) { return fieldOf(s, num, true) }
+
+func fieldOf(s span, num protowire.Number, first bool) (span, error) {
 	var out span
 	err := scanSpan(s, fields(num), func(n protowire.Number, v span, _ uint64) error {
 		if n == num {
 			out = v
-			return errStop
+			if first {
+				return errStop
+			}
 		}
 		return nil
 	})

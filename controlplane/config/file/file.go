@@ -255,32 +255,31 @@ func (s *Source) scanPaths(paths map[string]struct{}, sink config.Sink) (wait ti
 			delete(s.missing, path)
 			continue
 		}
-		if left := s.missingFor(path, now); left > 0 {
-			if wait == 0 || left < wait {
-				wait = left
-			}
-			continue
-		}
-		delete(s.files, path)
-		sink.Replace(path, nil, nil)
+		wait = s.gone(path, now, wait, sink)
 	}
 	return wait
 }
 
-// missingFor records that a known file is missing (since now, unless it
-// already was) and returns how much of its grace is left; once none is,
-// it forgets the file's missing mark.
-func (s *Source) missingFor(path string, now time.Time) time.Duration {
+// gone handles a known file found missing: within its grace (counted
+// from when it was first found missing) it is kept, and wait becomes the
+// nearest end of a grace; after it, its objects are removed. It returns
+// the new wait.
+func (s *Source) gone(path string, now time.Time, wait time.Duration, sink config.Sink) time.Duration {
 	since, ok := s.missing[path]
 	if !ok {
 		since = now
 		s.missing[path] = now
 	}
-	left := s.opts.DeleteGrace - now.Sub(since)
-	if left <= 0 {
-		delete(s.missing, path)
+	if left := s.opts.DeleteGrace - now.Sub(since); left > 0 {
+		if wait == 0 || left < wait {
+			wait = left
+		}
+		return wait
 	}
-	return left
+	delete(s.missing, path)
+	delete(s.files, path)
+	sink.Replace(path, nil, nil)
+	return wait
 }
 
 // scan walks the tree and gives the sink every file that changed. It
@@ -343,14 +342,7 @@ func (s *Source) scan(sink config.Sink) (wait time.Duration) {
 		if seen[path] || under(path, unreadableDirs) {
 			continue
 		}
-		if left := s.missingFor(path, now); left > 0 {
-			if wait == 0 || left < wait {
-				wait = left
-			}
-			continue
-		}
-		delete(s.files, path)
-		sink.Replace(path, nil, nil)
+		wait = s.gone(path, now, wait, sink)
 	}
 	return wait
 }

@@ -17,7 +17,6 @@ import (
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
-	"github.com/skiff-mesh/skiff/controlplane/model"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
 
@@ -66,33 +65,14 @@ func marshal(m proto.Message) []byte {
 // with every proxy (of any namespace) that would get the same ones.
 func encodeSidecar(p *xds.Proxy, ix *index.Index, port int, labelsKey string) *anypb.Any {
 	scope := ix.SidecarScope(p)
-	var services []*model.Service
-	for _, ps := range scope.Ports() {
-		if ps.Port == port && HTTPPort(ps) {
-			services = ps.Services
-		}
-	}
 	vss := NewVSLookup(ix, ix.VirtualServices(p, "mesh"))
-	suffix := ix.Options().DomainSuffix
 	portStr := strconv.Itoa(port)
-	seen := map[string]bool{}
-	vhosts := make([]encodedVHost, 0, len(services))
+	hosts := sidecarHosts(p, ix, port)
+	vhosts := make([]encodedVHost, 0, len(hosts))
 	size := 0
-	for _, svc := range services {
-		if sp := svc.Port(port); !sp.Protocol.IsHTTP() && !sp.Protocol.IsUnsupported() {
-			continue
-		}
-		vh := encodedVHost{name: svc.Hostname + ":" + portStr}
-		for _, d := range domains(svc, p.Namespace, suffix) {
-			if !seen[d] {
-				seen[d] = true
-				vh.domains = append(vh.domains, d)
-			}
-		}
-		if len(vh.domains) == 0 {
-			continue
-		}
-		vh.routes = sharedRoutes(p, ix, vss, svc.Hostname, port, vh.name+"/*", labelsKey)
+	for _, h := range hosts {
+		vh := encodedVHost{name: h.name, domains: h.domains}
+		vh.routes = sharedRoutes(p, ix, vss, h.svc.Hostname, port, vh.name+"/*", labelsKey)
 		vhosts = append(vhosts, vh)
 		size += protowire.SizeTag(rcVirtualHosts) + protowire.SizeBytes(vh.size())
 	}

@@ -46,29 +46,7 @@ func TestEncodedSidecarMatchesBuilt(t *testing.T) {
 			default:
 				ix = bookinfoIndex(t, indextest.Sample(t, "bookinfo/networking/"+name))
 			}
-			checked := 0
-			for _, w := range ix.Registry().Workloads() {
-				p := indextest.SidecarFor(t, ix, w.Namespace, w.Name)
-				for _, r := range Generate(p, ix, nil) {
-					port, ok := sidecarPort(p, r.Name)
-					if !ok {
-						continue
-					}
-					want, err := proto.MarshalOptions{Deterministic: true}.Marshal(buildSidecar(p, ix, port))
-					if err != nil {
-						t.Fatal(err)
-					}
-					got := r.Message.(interface{ GetValue() []byte }).GetValue()
-					if !bytes.Equal(got, want) {
-						var rc routev3.RouteConfiguration
-						err := proto.Unmarshal(got, &rc)
-						t.Errorf("%s route configuration %s: assembled bytes differ from the built message (decodes: %v)\ngot  %v\nwant %v",
-							p.ID, r.Name, err, &rc, buildSidecar(p, ix, port))
-					}
-					checked++
-				}
-			}
-			if checked == 0 {
+			if checkAgainstBuilt(t, ix) == 0 {
 				t.Fatal("no sidecar route configuration was checked")
 			}
 		})
@@ -181,38 +159,47 @@ func TestRoutesCarriedAcrossVersions(t *testing.T) {
 			m.(*networking.VirtualService).GetHttp()[0].GetMatch()[0].SourceNamespace = "c"
 		})},
 	}
-	check := func(t *testing.T, ix *index.Index) {
-		t.Helper()
-		for _, w := range ix.Registry().Workloads() {
-			p := indextest.SidecarFor(t, ix, w.Namespace, w.Name)
-			for _, r := range Generate(p, ix, nil) {
-				port, ok := sidecarPort(p, r.Name)
-				if !ok {
-					continue
-				}
-				want, err := proto.MarshalOptions{Deterministic: true}.Marshal(buildSidecar(p, ix, port))
-				if err != nil {
-					t.Fatal(err)
-				}
-				if got := r.Message.(interface{ GetValue() []byte }).GetValue(); !bytes.Equal(got, want) {
-					var rc routev3.RouteConfiguration
-					_ = proto.Unmarshal(got, &rc)
-					t.Errorf("%s route configuration %s differs from this version's own\ngot  %v\nwant %v", p.ID, r.Name, &rc, buildSidecar(p, ix, port))
-				}
-			}
-		}
-	}
 	before := routesBuilt.Load()
-	check(t, indextest.Build(base))
+	checkAgainstBuilt(t, indextest.Build(base))
 	all := routesBuilt.Load() - before // every route of the first version
 	for _, v := range versions {
 		t.Run(v.name, func(t *testing.T) {
-			check(t, indextest.Build(base)) // the version before the edit, cached
+			checkAgainstBuilt(t, indextest.Build(base)) // the version before the edit, cached
 			before := routesBuilt.Load()
-			check(t, indextest.Build(v.objs))
+			checkAgainstBuilt(t, indextest.Build(v.objs))
 			if built := routesBuilt.Load() - before; built == 0 || built >= all {
 				t.Errorf("the edit translated %d routes of %d; want those it changed, not every one", built, all)
 			}
 		})
 	}
+}
+
+// checkAgainstBuilt generates every sidecar's route configurations from
+// ix, one proxy after another (so each reuses what the ones before it
+// cached), and checks each against marshalling buildSidecar's message for
+// that proxy alone. It returns how many it checked.
+func checkAgainstBuilt(t *testing.T, ix *index.Index) int {
+	t.Helper()
+	checked := 0
+	for _, w := range ix.Registry().Workloads() {
+		p := indextest.SidecarFor(t, ix, w.Namespace, w.Name)
+		for _, r := range Generate(p, ix, nil) {
+			port, ok := sidecarPort(p, r.Name)
+			if !ok {
+				continue
+			}
+			want, err := proto.MarshalOptions{Deterministic: true}.Marshal(buildSidecar(p, ix, port))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := r.Message.(interface{ GetValue() []byte }).GetValue(); !bytes.Equal(got, want) {
+				var rc routev3.RouteConfiguration
+				err := proto.Unmarshal(got, &rc)
+				t.Errorf("%s route configuration %s: assembled bytes differ from the message built for it alone (decodes: %v)\ngot  %v\nwant %v",
+					p.ID, r.Name, err, &rc, buildSidecar(p, ix, port))
+			}
+			checked++
+		}
+	}
+	return checked
 }

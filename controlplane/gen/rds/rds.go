@@ -201,39 +201,19 @@ func buildHTTPProxy(p *xds.Proxy, ix *index.Index) *routev3.RouteConfiguration {
 }
 
 // buildSidecar is Istio's sidecar outbound route configuration for a port.
+// Generate sends encodeSidecar's bytes, which equal this message's.
 func buildSidecar(p *xds.Proxy, ix *index.Index, port int) *routev3.RouteConfiguration {
-	scope := ix.SidecarScope(p)
-	var services []*model.Service
-	for _, ps := range scope.Ports() {
-		if ps.Port == port && HTTPPort(ps) {
-			services = ps.Services
-		}
-	}
 	vss := NewVSLookup(ix, ix.VirtualServices(p, "mesh"))
-	suffix := ix.Options().DomainSuffix
-	seen := map[string]bool{}
 	var vhosts []*routev3.VirtualHost
-	for _, svc := range services {
-		if sp := svc.Port(port); !sp.Protocol.IsHTTP() && !sp.Protocol.IsUnsupported() {
-			continue
-		}
-		vh := &routev3.VirtualHost{
-			Name:                       svc.Hostname + ":" + strconv.Itoa(port),
+	for _, h := range sidecarHosts(p, ix, port) {
+		vhosts = append(vhosts, &routev3.VirtualHost{
+			Name:                       h.name,
+			Domains:                    h.domains,
+			Routes:                     serviceRoutes(p, ix, vss, h.svc.Hostname, port, h.name+"/*"),
 			IncludeRequestAttemptCount: true,
-		}
-		for _, d := range domains(svc, p.Namespace, suffix) {
-			if !seen[d] {
-				seen[d] = true
-				vh.Domains = append(vh.Domains, d)
-			}
-		}
-		if len(vh.Domains) == 0 {
-			continue
-		}
-		vh.Routes = serviceRoutes(p, ix, vss, svc.Hostname, port, svc.Hostname+":"+strconv.Itoa(port)+"/*")
-		vhosts = append(vhosts, vh)
+		})
 	}
-	vhosts = append(vhosts, catchAllVirtualHost(scope.OutboundTrafficPolicy()))
+	vhosts = append(vhosts, catchAllVirtualHost(ix.SidecarScope(p).OutboundTrafficPolicy()))
 	return &routev3.RouteConfiguration{
 		Name:                           strconv.Itoa(port),
 		VirtualHosts:                   vhosts,
@@ -241,6 +221,46 @@ func buildSidecar(p *xds.Proxy, ix *index.Index, port int) *routev3.RouteConfigu
 		IgnorePortInHostMatching:       true,
 		MaxDirectResponseBodySizeBytes: wrapperspb.UInt32(maxDirectResponseBody),
 	}
+}
+
+// sidecarHost is a service's virtual host on a sidecar's outbound port,
+// before its routes.
+type sidecarHost struct {
+	svc     *model.Service
+	name    string   // "host:port"
+	domains []string // those no earlier service of the port took
+}
+
+// sidecarHosts lists the virtual hosts of a sidecar's route configuration
+// for port, in order: one per HTTP (or sniffed) service with a domain of
+// its own left.
+func sidecarHosts(p *xds.Proxy, ix *index.Index, port int) []sidecarHost {
+	var services []*model.Service
+	for _, ps := range ix.SidecarScope(p).Ports() {
+		if ps.Port == port && HTTPPort(ps) {
+			services = ps.Services
+		}
+	}
+	suffix := ix.Options().DomainSuffix
+	portStr := strconv.Itoa(port)
+	seen := make(map[string]bool, 4*len(services))
+	out := make([]sidecarHost, 0, len(services))
+	for _, svc := range services {
+		if sp := svc.Port(port); !sp.Protocol.IsHTTP() && !sp.Protocol.IsUnsupported() {
+			continue
+		}
+		h := sidecarHost{svc: svc, name: svc.Hostname + ":" + portStr}
+		for _, d := range domains(svc, p.Namespace, suffix) {
+			if !seen[d] {
+				seen[d] = true
+				h.domains = append(h.domains, d)
+			}
+		}
+		if len(h.domains) > 0 {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // serviceRoutes are the routes of a service's virtual host on a sidecar:
