@@ -134,10 +134,12 @@ type response struct {
 	nonce, version string
 	at             time.Time
 	configs        []ConfigKey
+	slot           *sendSlot // of the send window, for a large response
 }
 
-// sent records a response about to go out.
-func (c *conn) sent(w *watch, nonce, version string, p *push) {
+// sent records a response about to go out (with its slot of the send
+// window, if it took one).
+func (c *conn) sent(w *watch, nonce, version string, p *push, slot *sendSlot) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	now := time.Now()
@@ -151,8 +153,11 @@ func (c *conn) sent(w *watch, nonce, version string, p *push) {
 		}
 		st.sent = k.ResourceVersion
 	}
-	w.inflight = append(w.inflight, response{nonce: nonce, version: version, at: now, configs: p.req.ConfigsUpdated})
+	w.inflight = append(w.inflight, response{nonce: nonce, version: version, at: now, configs: p.req.ConfigsUpdated, slot: slot})
 	if len(w.inflight) > maxInflight {
+		for _, r := range w.inflight[:len(w.inflight)-maxInflight] {
+			r.slot.release()
+		}
 		w.inflight = slices.Delete(w.inflight, 0, len(w.inflight)-maxInflight)
 	}
 }
@@ -162,6 +167,9 @@ func (c *conn) sent(w *watch, nonce, version string, p *push) {
 func (w *watch) answered(nonce string) (response, bool) {
 	for i, r := range w.inflight {
 		if r.nonce == nonce {
+			for _, done := range w.inflight[:i+1] {
+				done.slot.release()
+			}
 			w.inflight = slices.Delete(w.inflight, 0, i+1)
 			return r, true
 		}

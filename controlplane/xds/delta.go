@@ -184,7 +184,11 @@ func (h deltaHandler) send(c *conn, w *watch, names []string, p *push, always bo
 	nonce := c.s.nextNonce()
 	resp, b := deltaResponse(w.typeURL, p.version, nonce, changed, removed)
 	w.lastBody = b // keeps the shared body for the streams sending the same
-	c.sent(w, nonce, p.version, p)
+	slot, err := c.acquireSlot(h.stream.Context(), resp.size())
+	if err != nil {
+		return false, err
+	}
+	c.sent(w, nonce, p.version, p, slot)
 	if err := c.s.send(c, w.typeURL, func() error { return h.stream.SendMsg(resp) }); err != nil {
 		return false, err
 	}

@@ -375,13 +375,15 @@ func GRPCServerOptions() []grpc.ServerOption {
 		// of every service) to thousands of streams, so the write buffer
 		// sets both the system calls per byte and the memory of a push.
 		// The buffer is taken from a pool only while a connection has
-		// something to write, so an idle proxy costs none; but in a push
-		// every connection is writing at once, each holding one until its
-		// response is out. At 2000 sidecars on their own connections
-		// (as Envoys connect) 256 KB buffers took skiffd from 460 to
-		// 760 MB; 64 KB ones peak at 490 MB, for about 0.1 CPU s more
-		// per push of a 545 KB route configuration than 256 KB (gRPC's
-		// default 32 KB cost a fifth of skiffd's CPU in a push).
+		// something to write, so an idle proxy costs none; but gRPC takes
+		// a whole buffer for any write, and an endpoint change writes a
+		// small response on every connection at once: with 2000 sidecars
+		// on their own connections (as Envoys connect) 256 KB buffers
+		// filled the pool with 2000 of them (skiffd at 600–770 MB); 64 KB
+		// ones keep it near 430 MB, for about 0.1 CPU s more per push of a
+		// 545 KB route configuration (gRPC's default 32 KB cost a fifth of
+		// skiffd's CPU in a push). Large responses are also bounded by the
+		// send window (window.go).
 		grpc.WriteBufferSize(writeBufferSize),
 		grpc.SharedWriteBuffer(true),
 	}

@@ -49,6 +49,11 @@ type Options struct {
 	// (Istio's PILOT_PUSH_THROTTLE, 100). Sending is outside the bound,
 	// so a proxy slow to read never holds a slot.
 	Concurrency int
+	// LargeSends bounds how many streams may have a large response (one
+	// that fills a connection's write buffer) sent and not yet answered
+	// (default 256; see window.go): it bounds the write buffers a push
+	// holds, whatever the number of connections.
+	LargeSends int
 	// SendTimeout, when set, disconnects a proxy that has not taken a
 	// response within it (Istio's PILOT_XDS_SEND_TIMEOUT); it reconnects
 	// and resyncs. Zero waits for ever, as Istio does by default: a stuck
@@ -69,6 +74,8 @@ type Server struct {
 	log  *slog.Logger
 	m    *metrics
 	sem  chan struct{} // generation slots
+	// window holds a token per stream with a large response unanswered.
+	window chan struct{}
 
 	connSeq  atomic.Uint64
 	nonceSeq atomic.Uint64
@@ -107,6 +114,9 @@ func New(opts Options) *Server {
 	if opts.Concurrency <= 0 {
 		opts.Concurrency = 100
 	}
+	if opts.LargeSends <= 0 {
+		opts.LargeSends = 256
+	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
@@ -118,6 +128,7 @@ func New(opts Options) *Server {
 		log:      log.With("component", "xds"),
 		m:        newMetrics(),
 		sem:      make(chan struct{}, opts.Concurrency),
+		window:   make(chan struct{}, opts.LargeSends),
 		nonceTag: hex.EncodeToString(tag[:]),
 		conns:    map[string]*conn{},
 		wake:     make(chan struct{}, 1),
@@ -340,6 +351,7 @@ func serve[Req any, Resp any](s *Server, stream grpc.BidiStreamingServer[Req, Re
 	}
 	s.addConn(c)
 	defer s.removeConn(c)
+	defer c.releaseSlots()
 	s.log.Info("proxy connected", "proxy", proxy.ID, "conn", c.id, "delta", delta, "type", proxy.Type, "version", proxy.IstioVersion)
 	defer s.log.Info("proxy disconnected", "proxy", proxy.ID, "conn", c.id)
 

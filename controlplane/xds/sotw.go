@@ -107,7 +107,11 @@ func (h sotwHandler) send(c *conn, w *watch, p *push) (bool, error) {
 	nonce := c.s.nextNonce()
 	resp, b := sotwResponse(w.typeURL, p.version, nonce, res)
 	w.lastBody = b // keeps the shared body for the streams sending the same
-	c.sent(w, nonce, p.version, p)
+	slot, err := c.acquireSlot(h.stream.Context(), resp.size())
+	if err != nil {
+		return false, err
+	}
+	c.sent(w, nonce, p.version, p, slot)
 	if err := c.s.send(c, w.typeURL, func() error { return h.stream.SendMsg(resp) }); err != nil {
 		return false, err
 	}
