@@ -15,9 +15,9 @@ import (
 // proxy answers it, when the stream ends, before it takes another, or
 // after largeHold, so a proxy that never answers holds up no one for long.
 // Small responses (endpoint changes, ACK-sized answers) never wait. At the
-// reference scale it brought the VirtualService change's p50 from
-// 716–827 to about 710 ms and skiffd's peak from ~405 to ~325–345 MB, and
-// the load tool's memory from 7.5 to 3.3 GB.
+// reference scale (docs/performance.md) it brought the median proxy's ACK
+// of a VirtualService change from 559–669 to 474–512 ms, skiffd's peak
+// from 383–409 to 320–372 MB, and the load tool's from 7.5 to 3–4.4 GB.
 
 // largeResponse is the size from which a response takes a slot.
 const largeResponse = 256 << 10
