@@ -3,16 +3,14 @@ package grafana
 import (
 	"encoding/json"
 	"fmt"
-	"net"
 	"net/http"
 	"net/url"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/promtest"
 )
 
 // grafanaVars stand for what Grafana substitutes before it sends a query.
@@ -25,38 +23,8 @@ var labelValues = regexp.MustCompile(`^label_values\((.*), *([a-z_]+)\)$`)
 // Every query parses and evaluates in a real Prometheus (Debian's),
 // Grafana's variables substituted as Grafana does.
 func TestQueriesRunInPrometheus(t *testing.T) {
-	bin, err := exec.LookPath("prometheus")
-	if err != nil {
-		t.Fatal("this test runs Debian's prometheus: apt-get install prometheus (scripts/test.sh does)")
-	}
-	dir := t.TempDir()
-	cfg := filepath.Join(dir, "prometheus.yml")
-	os.WriteFile(cfg, []byte("global:\n  scrape_interval: 15s\n"), 0o644)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	var log strings.Builder
-	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { cmd.Process.Kill(); cmd.Wait() }()
+	base := promtest.Start(t, "global:\n  scrape_interval: 15s\n")
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if resp, err := c.Get("http://" + addr + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready within 30 s:\n%s", log.String())
-		}
-	}
 	n := 0
 	for name, m := range load(t) {
 		for _, e := range exprs(t, m) {
@@ -64,7 +32,7 @@ func TestQueriesRunInPrometheus(t *testing.T) {
 			if s := labelValues.FindStringSubmatch(q); s != nil {
 				q = fmt.Sprintf("group by (%s) (%s)", s[2], s[1])
 			}
-			resp, err := c.PostForm("http://"+addr+"/api/v1/query", url.Values{"query": {q}})
+			resp, err := c.PostForm(base+"/api/v1/query", url.Values{"query": {q}})
 			if err != nil {
 				t.Fatal(err)
 			}
