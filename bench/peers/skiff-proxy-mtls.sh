@@ -87,29 +87,7 @@ static_resources:
   listeners:
   - name: bench
     address: { socket_address: { address: 127.0.0.1, port_value: $listen } }
-    listener_filters:
-    - name: envoy.filters.listener.tls_inspector
-      typed_config: { "@type": type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector }
-    filter_chains:
-    - name: mtls
-      filter_chain_match: { transport_protocol: tls, application_protocols: [istio-peer-exchange, istio] }
-      transport_socket:
-        name: envoy.transport_sockets.tls
-        typed_config:
-          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
-          require_client_certificate: true
-          common_tls_context:
-            alpn_protocols: [h2, http/1.1]
-            tls_certificates: [{certificate_chain: {filename: $c/$me.pem}, private_key: {filename: $c/$me.key}}]
-            validation_context:
-              trusted_ca: {filename: $c/root.pem}
-              match_typed_subject_alt_names: [{san_type: URI, matcher: {prefix: "spiffe://cluster.local/"}}]
-      filters:
-$hcm
-    - name: plaintext
-      filter_chain_match: { transport_protocol: raw_buffer }
-      filters:
-$hcm
+$(inbound_chains "$c" "$me" "$hcm")
   clusters:
   - name: upstream
     type: STATIC
