@@ -7,7 +7,6 @@ import (
 
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
@@ -65,11 +64,7 @@ func listenersOf(t *testing.T, p *xds.Proxy, ix *index.Index) []*listenerv3.List
 
 func goldenListeners(t *testing.T, name string, ls []*listenerv3.Listener) {
 	t.Helper()
-	msgs := make([]proto.Message, len(ls))
-	for i, l := range ls {
-		msgs[i] = l
-	}
-	golden.Compare(t, filepath.Join("testdata", name+".json"), golden.MarshalProtos(t, msgs))
+	golden.Compare(t, filepath.Join("testdata", name+".json"), golden.MarshalProtos(t, ls))
 }
 
 // TestBookinfoNetworkingGolden pins, for Bookinfo and each of its

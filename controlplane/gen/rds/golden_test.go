@@ -6,7 +6,6 @@ import (
 	"testing"
 
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen/index"
@@ -42,11 +41,7 @@ func routesOf(t *testing.T, p *xds.Proxy, ix *index.Index) []*routev3.RouteConfi
 
 func goldenRoutes(t *testing.T, name string, rcs []*routev3.RouteConfiguration) {
 	t.Helper()
-	msgs := make([]proto.Message, len(rcs))
-	for i, rc := range rcs {
-		msgs[i] = rc
-	}
-	golden.Compare(t, filepath.Join("testdata", name+".json"), golden.MarshalProtos(t, msgs))
+	golden.Compare(t, filepath.Join("testdata", name+".json"), golden.MarshalProtos(t, rcs))
 }
 
 // TestBookinfoNetworkingGolden pins, for every Bookinfo networking sample,

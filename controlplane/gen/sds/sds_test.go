@@ -106,11 +106,7 @@ func TestGatewaySecrets(t *testing.T) {
 	got, logs := generate(t, gateway, ix,
 		"kubernetes://api-cred", "kubernetes://api-cred-cacert",
 		"kubernetes://generic-cred", "kubernetes://generic-cred-cacert")
-	msgs := make([]proto.Message, len(got))
-	for i, s := range got {
-		msgs[i] = s
-	}
-	golden.Compare(t, "testdata/gateway.json", golden.MarshalProtos(t, msgs))
+	golden.Compare(t, "testdata/gateway.json", golden.MarshalProtos(t, got))
 	if len(got) != 4 || logs != "" {
 		t.Errorf("%d secrets, logs %q", len(got), logs)
 	}

@@ -73,11 +73,7 @@ func listeners(t testing.TB, g *lds.Generator, p *xds.Proxy, ix *index.Index, na
 
 func compare(t *testing.T, file string, ls []*listenerv3.Listener) {
 	t.Helper()
-	msgs := make([]proto.Message, len(ls))
-	for i, l := range ls {
-		msgs[i] = l
-	}
-	golden.Compare(t, filepath.Join("testdata", file+".json"), golden.MarshalProtos(t, msgs))
+	golden.Compare(t, filepath.Join("testdata", file+".json"), golden.MarshalProtos(t, ls))
 }
 
 // TestGolden pins the decorated listeners of each case (testdata/NAME.yaml

@@ -20,9 +20,10 @@ import (
 
 var update = flag.Bool("update", false, "rewrite golden files with the current output")
 
-// MarshalProtos renders protos as one indented JSON array. Any-typed fields
-// are expanded, so the messages' types must be linked into the test.
-func MarshalProtos(t testing.TB, msgs []proto.Message) []byte {
+// MarshalProtos renders protos (of any one message type, or mixed as
+// []proto.Message) as one indented JSON array. Any-typed fields are
+// expanded, so the messages' types must be linked into the test.
+func MarshalProtos[M proto.Message](t testing.TB, msgs []M) []byte {
 	t.Helper()
 	parts := make([]json.RawMessage, 0, len(msgs))
 	for _, m := range msgs {
