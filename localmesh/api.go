@@ -246,7 +246,7 @@ func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
 	if path := productPagePath(m.store.Snapshot()); path != "" {
 		rep.ProductPageURL = m.gatewayURL + path
 	}
-	sync := proxySync(r.Context(), "http://"+m.monAddr)
+	sync := m.proxySync(r.Context())
 	for _, p := range m.sortedPods() {
 		ps := PodStatus{Namespace: p.namespace, Name: p.name, IP: p.ip.String(), Status: "Running", Proxy: "-",
 			Age: time.Since(p.created).Round(time.Second)}
@@ -293,9 +293,16 @@ func (m *mesh) serveStatus(w http.ResponseWriter, r *http.Request) {
 }
 
 // proxySync reads skiffd's /debug/syncz and sums each proxy up as
-// istioctl proxy-status does, keyed by "pod.namespace".
-func proxySync(ctx context.Context, monURL string) map[string]string {
+// istioctl proxy-status does, keyed by "pod.namespace". While skiffd is
+// down it answers nothing at once: its socket stays bound for the next
+// start (bindAddr), so a request would wait out the timeout in the
+// backlog instead of being refused.
+func (m *mesh) proxySync(ctx context.Context) map[string]string {
 	out := map[string]string{}
+	if _, running, _, _, _ := m.skiffd.snapshot(); !running {
+		return out
+	}
+	monURL := "http://" + m.monAddr
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", monURL+"/debug/syncz", nil)

@@ -145,13 +145,16 @@ type mesh struct {
 	xdsAddr string // skiffd's addresses, resolved once and kept across its restarts
 	monAddr string
 	secAddr string
-	tokens  *podTokens
-	network network
-	capture string
-	pool    *addrPool
-	rt      *podRuntime
-	vips    *serviceVIPs
-	started time.Time
+	// skiffdSockets are those three addresses' sockets, bound for the
+	// mesh's lifetime and passed to each skiffd start (--listen-fds).
+	skiffdSockets [3]*os.File
+	tokens        *podTokens
+	network       network
+	capture       string
+	pool          *addrPool
+	rt            *podRuntime
+	vips          *serviceVIPs
+	started       time.Time
 
 	gatewayURL string
 	gwFwd      gatewayForwards // the Gateway API gateways' loopback URLs (gatewayapi.go)
@@ -264,14 +267,14 @@ func Run(ctx context.Context, o Options) error {
 	}
 	defer apiLn.Close()
 	m.apiAddr = apiLn.Addr().String()
-	if m.xdsAddr, err = resolveAddr("--xds-addr", m.o.XDSAddr); err != nil {
-		return err
-	}
-	if m.monAddr, err = resolveAddr("--monitoring-addr", o.MonitoringAddr); err != nil {
-		return err
-	}
-	if m.secAddr, err = resolveAddr("--secure-addr", m.o.SecureAddr); err != nil {
-		return err
+	for i, a := range []struct {
+		flag, given string
+		bound       *string
+	}{{"--xds-addr", m.o.XDSAddr, &m.xdsAddr}, {"--monitoring-addr", o.MonitoringAddr, &m.monAddr}, {"--secure-addr", m.o.SecureAddr, &m.secAddr}} {
+		if *a.bound, m.skiffdSockets[i], err = bindAddr(a.flag, a.given); err != nil {
+			return err
+		}
+		defer m.skiffdSockets[i].Close()
 	}
 	m.rt.xdsAddr, m.rt.secureAddr = m.xdsAddr, m.secAddr
 
@@ -415,7 +418,7 @@ func secureDefault(given, xdsAddr string) string {
 	}
 	host, port, err := net.SplitHostPort(xdsAddr)
 	if err != nil {
-		return "127.0.0.1:15012" // resolveAddr reports the bad xDS address
+		return "127.0.0.1:15012" // bindAddr reports the bad xDS address
 	}
 	if port == "0" {
 		return net.JoinHostPort(host, "0")
@@ -881,7 +884,7 @@ func (m *mesh) checkReadiness(ctx context.Context) (changed, allReady bool) {
 		proxy := "no sidecar"
 		if p.proxy != nil {
 			if sync == nil {
-				sync = proxySync(ctx, "http://"+m.monAddr)
+				sync = m.proxySync(ctx)
 			}
 			state := syncOf(sync, p.name+"."+p.namespace)
 			proxy = "sidecar " + state
@@ -974,7 +977,7 @@ const quietBeforeReady = 500 * time.Millisecond
 
 // allSynced is whether every pod's proxy has ACKed all skiffd sent it.
 func (m *mesh) allSynced(ctx context.Context) bool {
-	sync := proxySync(ctx, "http://"+m.monAddr)
+	sync := m.proxySync(ctx)
 	for _, p := range m.sortedPods() {
 		if p.proxy != nil && syncOf(sync, p.name+"."+p.namespace) != "SYNCED" {
 			return false

@@ -107,16 +107,22 @@ func startError(dir string, problems []string) error {
 		dir, n, them, strings.Join(problems, "\n  "))
 }
 
-// resolveAddr checks that addr can be listened on and resolves port 0 to
-// the port skiffd will bind, every time it starts; the flag names what to
-// change.
-func resolveAddr(flag, addr string) (string, error) {
+// bindAddr binds skiffd's address flag for the mesh's lifetime (port 0
+// picks one) and returns the bound address and the socket, which every
+// skiffd start inherits (--listen-fds): no other process can take the port
+// between the pick and skiffd's start, or while skiffd restarts. The flag
+// names what to change.
+func bindAddr(flag, addr string) (string, *os.File, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return "", fmt.Errorf("%s %s: %w; another skiffd or local mesh holds it: stop it, or pass %s a free address (127.0.0.1:0 picks one)", flag, addr, err, flag)
+		return "", nil, fmt.Errorf("%s %s: %w; another skiffd or local mesh holds it: stop it, or pass %s a free address (127.0.0.1:0 picks one)", flag, addr, err, flag)
 	}
-	defer ln.Close()
-	return ln.Addr().String(), nil
+	defer ln.Close() // File holds a duplicate
+	f, err := ln.(*net.TCPListener).File()
+	if err != nil {
+		return "", nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+	}
+	return ln.Addr().String(), f, nil
 }
 
 // findSkiffd locates skiffd as findProxy does skiff-proxy, else falls
@@ -158,7 +164,9 @@ func (m *mesh) newSkiffd(argv []string) *skiffdProc {
 	args := append(append([]string(nil), argv[1:]...), "--config-dir", m.mirror.dir, "--xds-addr", m.xdsAddr,
 		"--monitoring-addr", m.monAddr, "--local-mesh", "--log-level", m.o.LogLevel,
 		"--secure-addr", m.secAddr, "--ca-dir", filepath.Join(caDir, caSelfSigned),
-		"--bootstrap-tokens", filepath.Join(caDir, caTokensFile), "--root-cert-out", filepath.Join(caDir, caRootCertFile))
+		"--bootstrap-tokens", filepath.Join(caDir, caTokensFile), "--root-cert-out", filepath.Join(caDir, caRootCertFile),
+		"--listen-fds", "xds-addr=3,monitoring-addr=4,secure-addr=5")
+	files := m.skiffdSockets // ExtraFiles[i] is the child's fd 3+i
 	if m.o.MeshConfig != "" {
 		args = append(args, "--meshconfig", m.o.MeshConfig)
 	}
@@ -166,7 +174,11 @@ func (m *mesh) newSkiffd(argv []string) *skiffdProc {
 	s.proc = &proc{
 		name: "skiffd", logPath: filepath.Join(m.o.StateDir, "logs", "skiffd.log"), policy: "Always",
 		backoff: m.o.Backoff, grace: m.o.Grace,
-		newCmd: func(ctx context.Context) *exec.Cmd { return exec.CommandContext(ctx, path, args...) },
+		newCmd: func(ctx context.Context) *exec.Cmd {
+			cmd := exec.CommandContext(ctx, path, args...)
+			cmd.ExtraFiles = files[:]
+			return cmd
+		},
 		onExit: func(status, logPath string, restartIn time.Duration) {
 			if !s.readyOnce.Load() {
 				select {

@@ -137,6 +137,14 @@ func TestKilledProcessesRecover(t *testing.T) {
 		out := mustStatus(t, state)
 		return strings.Contains(out, "problem: skiffd is not running (signal: killed); it is being restarted with back-off"), out
 	})
+	// Its addresses stay skiff up's while it is away, so the restart
+	// serves the same ones: nothing else can bind them meanwhile.
+	for flag, addr := range map[string]string{"xDS": st.XDSAddr, "secure": st.SecureAddr, "monitoring": st.MonitoringAddr} {
+		if ln, err := net.Listen("tcp", addr); err == nil {
+			ln.Close()
+			t.Errorf("skiffd's %s address %s could be bound by another process while skiffd was down", flag, addr)
+		}
+	}
 	// While skiffd is away (the first restart waits 10 s), every request
 	// through the gateway is answered on the proxies' last config.
 	served := 0

@@ -12,6 +12,7 @@ func (o *Options) RegisterFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.XDSAddr, "xds-addr", ":15010", "plaintext xDS (ADS) address")
 	fs.StringVar(&o.SecureAddr, "secure-addr", ":15012", "xDS (ADS) and the CA (istio.v1.auth.IstioCertificateService) over TLS; \"\" serves neither")
 	fs.StringVar(&o.MonitoringAddr, "monitoring-addr", ":15014", "debug endpoints and Prometheus metrics address")
+	fs.StringVar(&o.ListenFDs, "listen-fds", "", "serve address flags on sockets a parent bound and passed down, as `FLAG=FD,…` (xds-addr, secure-addr, monitoring-addr; skiff up uses it so no other process takes a picked port)")
 	fs.StringVar(&o.DomainSuffix, "domain", "cluster.local", "DNS domain suffix of services")
 	fs.StringVar(&o.RootNamespace, "root-namespace", "", "namespace whose config applies mesh-wide (default: the mesh config's rootNamespace, istio-system)")
 	fs.StringVar(&o.TrustDomain, "trust-domain", "", "SPIFFE trust domain of workload identities (default: the mesh config's trustDomain, cluster.local); contradicting --meshconfig is an error")

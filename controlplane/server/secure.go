@@ -51,7 +51,7 @@ type secure struct {
 
 // newSecure makes the CA (plugged-in cacerts when present, else the
 // self-signed root in CADir), its authenticators and the bound listener.
-func newSecure(o *Options) (*secure, error) {
+func newSecure(o *Options, listen func(flag, addr string) (net.Listener, error)) (*secure, error) {
 	if o.WorkloadCertTTL < 0 {
 		return nil, fmt.Errorf("--workload-cert-ttl %s: must be positive (Istio's default is 24h)", o.WorkloadCertTTL)
 	}
@@ -143,7 +143,7 @@ func newSecure(o *Options) (*secure, error) {
 		}
 		return nil, fmt.Errorf("--ca-dir %s: %w; give a directory skiffd can write (the root and its key live there), or --cacerts-dir with Istio's cacerts", o.CADir, err)
 	}
-	if s.ln, err = net.Listen("tcp", o.SecureAddr); err != nil {
+	if s.ln, err = listen("secure-addr", o.SecureAddr); err != nil {
 		s.ca.Close()
 		return nil, fmt.Errorf("--secure-addr %s: %w; stop what holds it, pass another address, or --secure-addr \"\" to serve no CA", o.SecureAddr, err)
 	}

@@ -60,7 +60,11 @@ type Options struct {
 	LeaderElection LeaderElection
 	XDSAddr        string // plaintext ADS, Istio's :15010
 	MonitoringAddr string // debug and metrics, Istio's :15014
-	DomainSuffix   string // "cluster.local"
+	// ListenFDs names sockets a parent bound and passed down
+	// ("xds-addr=3,secure-addr=4,monitoring-addr=5"); those flags' own
+	// addresses are then not bound again.
+	ListenFDs    string
+	DomainSuffix string // "cluster.local"
 	// RootNamespace and TrustDomain: "" takes the mesh config's (Istio's
 	// defaults istio-system and cluster.local); a value that contradicts
 	// the mesh config is an error.
@@ -166,6 +170,8 @@ type Server struct {
 
 	xdsLn, monLn net.Listener
 	sec          *secure // nil without SecureAddr
+	// inherited are the sockets --listen-fds passed down, until taken.
+	inherited map[string]net.Listener
 
 	mu       sync.Mutex
 	lastReg  *model.Registry
@@ -206,15 +212,22 @@ func New(o Options) (*Server, error) {
 	})
 	s.xds = xds.New(xds.Options{Generator: s.gen, Authorize: authorizeProxy, Logger: o.Logger})
 	var err error
-	if s.xdsLn, err = net.Listen("tcp", o.XDSAddr); err != nil {
+	if s.inherited, err = parseListenFDs(o.ListenFDs); err != nil {
+		return nil, err
+	}
+	defer s.closeInherited()
+	if s.inherited["secure-addr"] != nil && o.SecureAddr == "" {
+		return nil, fmt.Errorf("--listen-fds passes a socket for --secure-addr, which is empty (no CA): drop one or the other")
+	}
+	if s.xdsLn, err = s.listen("xds-addr", o.XDSAddr); err != nil {
 		return nil, fmt.Errorf("--xds-addr %s: %w", o.XDSAddr, err)
 	}
-	if s.monLn, err = net.Listen("tcp", o.MonitoringAddr); err != nil {
+	if s.monLn, err = s.listen("monitoring-addr", o.MonitoringAddr); err != nil {
 		s.xdsLn.Close()
 		return nil, fmt.Errorf("--monitoring-addr %s: %w", o.MonitoringAddr, err)
 	}
 	if o.SecureAddr != "" {
-		if s.sec, err = newSecure(&s.o); err != nil {
+		if s.sec, err = newSecure(&s.o, s.listen); err != nil {
 			s.xdsLn.Close()
 			s.monLn.Close()
 			return nil, err
