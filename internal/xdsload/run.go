@@ -24,6 +24,9 @@ type Options struct {
 	Proxies int    // simulated sidecars, one per generated pod (at most Services × Endpoints)
 	Fleet   FleetOptions
 	Reps    int // VirtualService changes and endpoint changes, each
+	// Only, when "virtualservice" or "endpoint", makes changes of that
+	// kind alone (to profile one kind); "" makes both, in turn.
+	Only string
 
 	// Skiffd, when set, is the skiffd binary to start on Dir with loopback
 	// addresses (Fleet.Addr is then chosen here); otherwise skiffd already
@@ -191,41 +194,59 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 	split := mesh.SplitServices()
 	var vs, ep []Result
 	var vsBytes, epBytes int64
-	for r := 0; r < o.Reps && ctx.Err() == nil; r++ {
+	vsChange := func(r int) error {
 		time.Sleep(o.Gap)
 		s := split[r%len(split)]
 		w1 := (s.WeightV1+7)%90 + 5 // 5..94, never the current weight
 		wait := fleet.Expect(RouteWeights(s.Host(), s.Port, w1, 100-w1))
 		before := fleet.Received()
 		if err := mesh.SetWeight(s, w1); err != nil {
-			return nil, err
+			return err
 		}
 		res := wait.Wait(ctx, o.ChangeTimeout)
 		vsBytes += fleet.Received() - before
 		vs = append(vs, res)
 		fmt.Fprintf(o.Progress, "VirtualService change %d/%d (%s): last proxy %v, %d missing\n", r+1, o.Reps, res.What, res.Last.Round(time.Millisecond), res.Missing)
-
+		return nil
+	}
+	epChange := func(r int) error {
 		time.Sleep(o.Gap)
 		// Walk the pods with a stride so consecutive changes hit different
 		// services and namespaces.
 		p := mesh.Pods[(r*7919)%len(mesh.Pods)]
 		ip, err := mesh.NextIP()
 		if err != nil {
-			return nil, err
+			return err
 		}
-		wait = fleet.Expect(EndpointAddress("outbound|"+strconv.Itoa(p.Service.Port)+"||"+p.Service.Host(), ip))
-		before = fleet.Received()
+		wait := fleet.Expect(EndpointAddress("outbound|"+strconv.Itoa(p.Service.Port)+"||"+p.Service.Host(), ip))
+		before := fleet.Received()
 		if err := mesh.MovePod(p, ip); err != nil {
-			return nil, err
+			return err
 		}
-		res = wait.Wait(ctx, o.ChangeTimeout)
+		res := wait.Wait(ctx, o.ChangeTimeout)
 		epBytes += fleet.Received() - before
 		ep = append(ep, res)
 		fmt.Fprintf(o.Progress, "endpoint change %d/%d (%s): last proxy %v, %d missing\n", r+1, o.Reps, res.What, res.Last.Round(time.Millisecond), res.Missing)
+		return nil
+	}
+	for r := 0; r < o.Reps && ctx.Err() == nil; r++ {
+		if o.Only != "endpoint" {
+			if err := vsChange(r); err != nil {
+				return nil, err
+			}
+		}
+		if o.Only != "virtualservice" {
+			if err := epChange(r); err != nil {
+				return nil, err
+			}
+		}
 	}
 	rep.VirtualService, rep.Endpoint = summarize(vs), summarize(ep)
 	if len(vs) > 0 {
-		rep.VirtualServiceMB, rep.EndpointMB = mb(vsBytes/int64(len(vs))), mb(epBytes/int64(len(ep)))
+		rep.VirtualServiceMB = mb(vsBytes / int64(len(vs)))
+	}
+	if len(ep) > 0 {
+		rep.EndpointMB = mb(epBytes / int64(len(ep)))
 	}
 	if rep.Skiffd != nil {
 		end, err := SampleProc(o.PID)

@@ -295,6 +295,37 @@ func TestRunMeasuresChangesEndToEnd(t *testing.T) {
 	}
 }
 
+// -only makes changes of one kind alone, so a profile covers that kind.
+func TestRunOnlyOneKind(t *testing.T) {
+	for _, only := range []string{"endpoint", "virtualservice"} {
+		t.Run(only, func(t *testing.T) {
+			dir := t.TempDir()
+			cp := startFileControlPlane(t, dir)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			rep, err := xdsload.Run(ctx, xdsload.Options{
+				Spec: xdsload.Spec{Services: 4, Endpoints: 2, Namespaces: 1, SplitEvery: 2, Port: 9080},
+				Dir:  dir, Proxies: 3, Fleet: xdsload.FleetOptions{Addr: cp.addr, Delta: true, ProxiesPerConn: 1},
+				Reps: 2, Only: only, SyncTimeout: 20 * time.Second, ChangeTimeout: 10 * time.Second, Gap: 50 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			made, skipped := rep.Endpoint, rep.VirtualService
+			skippedMB := rep.VirtualServiceMB
+			if only == "virtualservice" {
+				made, skipped, skippedMB = skipped, made, rep.EndpointMB
+			}
+			if made.Reps != 2 || made.Complete != 2 {
+				t.Errorf("%s changes: %+v; want 2 complete", only, made)
+			}
+			if skipped.Reps != 0 || skippedMB != 0 {
+				t.Errorf("the other kind: %+v, %v MB; want none made", skipped, skippedMB)
+			}
+		})
+	}
+}
+
 func TestRunRefusesMoreProxiesThanPods(t *testing.T) {
 	_, err := xdsload.Run(context.Background(), xdsload.Options{Spec: xdsload.Spec{Services: 2, Endpoints: 2, Namespaces: 1},
 		Dir: t.TempDir(), Proxies: 5, Fleet: xdsload.FleetOptions{Addr: "127.0.0.1:1"}})

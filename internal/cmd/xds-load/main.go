@@ -52,6 +52,13 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.BoolVar(&r.Fleet.Delta, "delta", false, "use delta xDS instead of state of the world")
 	fs.IntVar(&r.Fleet.ProxiesPerConn, "per-conn", 50, "proxies sharing one gRPC connection (1: a connection per proxy)")
 	fs.IntVar(&r.Reps, "reps", 20, "VirtualService changes and endpoint changes to time, each")
+	fs.Func("only", "`KIND` of change to make alone, virtualservice or endpoint (to profile one kind); default both, in turn", func(v string) error {
+		if v != "virtualservice" && v != "endpoint" {
+			return fmt.Errorf("want virtualservice or endpoint")
+		}
+		r.Only = v
+		return nil
+	})
 	fs.StringVar(&r.Dir, "dir", "", "config directory to write the mesh into (default: a new temporary directory); must be the one skiffd reads when -skiffd is not given")
 	fs.StringVar(&r.Skiffd, "skiffd", "", "skiffd binary to start on -dir with loopback ports (otherwise give -xds-addr, and -pid to sample it)")
 	fs.StringVar(&r.SkiffdLog, "skiffd-log", "", "file for the started skiffd's output")
