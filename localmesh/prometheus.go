@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -181,13 +182,7 @@ func (m *mesh) startPrometheus(ctx context.Context, o PrometheusOptions) (func()
 	if addr == "" {
 		addr = DefaultPrometheusAddr
 	}
-	// Port 0: pick one now, as Prometheus needs a fixed address.
-	ln, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("--prometheus-addr %s: %w; pass another address (127.0.0.1:0 picks a free port)", addr, err)
-	}
-	addr = ln.Addr().String()
-	ln.Close()
+	given := addr
 	dir := filepath.Join(m.o.StateDir, prometheusDir)
 	data := filepath.Join(dir, "data")
 	if err := os.MkdirAll(data, 0o755); err != nil {
@@ -202,25 +197,62 @@ func (m *mesh) startPrometheus(ctx context.Context, o PrometheusOptions) (func()
 	if err := os.WriteFile(cfg, PrometheusConfig(targets, o.ScrapeInterval), 0o644); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	args := []string{"--config.file=" + cfg, "--storage.tsdb.path=" + data, "--web.listen-address=" + addr,
-		"--storage.tsdb.retention.time=1d", "--web.enable-lifecycle"}
-	p := &proc{
-		name: "prometheus", logPath: filepath.Join(m.o.StateDir, "logs", "prometheus.log"), policy: "Always",
-		backoff: m.o.Backoff, grace: m.o.Grace,
-		newCmd: func(ctx context.Context) *exec.Cmd { return exec.CommandContext(ctx, bin, args...) },
-		onExit: func(status, logPath string, restartIn time.Duration) {
-			m.progress("prometheus exited (%s); restarting it in %s; log: %s", status, restartIn, logPath)
-		},
-	}
-	pctx, cancel := context.WithCancel(ctx)
-	if err := p.start(pctx); err != nil {
-		cancel()
-		return nil, err
-	}
-	stop := func() { cancel(); p.stopAndWait() }
-	url := "http://" + addr
-	if err := waitReady(ctx, url+"/-/ready", 60*time.Second); err != nil {
+	// Port 0 is picked here, as Prometheus needs a fixed address (it
+	// cannot take a socket from its parent). The port is free only until
+	// another process binds it: a Prometheus that exits before it is ready
+	// on a picked port is started again on another one.
+	var (
+		p    *proc
+		pctx context.Context
+		stop func()
+		url  string
+	)
+	for attempt := 1; ; attempt++ {
+		ln, err := net.Listen("tcp", given)
+		if err != nil {
+			return nil, fmt.Errorf("--prometheus-addr %s: %w; pass another address (127.0.0.1:0 picks a free port)", given, err)
+		}
+		addr = ln.Addr().String()
+		ln.Close()
+		_, port, _ := net.SplitHostPort(given)
+		picked := port == "0"
+		args := []string{"--config.file=" + cfg, "--storage.tsdb.path=" + data, "--web.listen-address=" + addr,
+			"--storage.tsdb.retention.time=1d", "--web.enable-lifecycle"}
+		var ready atomic.Bool
+		early := make(chan string, 1)
+		p = &proc{
+			name: "prometheus", logPath: filepath.Join(m.o.StateDir, "logs", "prometheus.log"), policy: "Always",
+			backoff: m.o.Backoff, grace: m.o.Grace,
+			newCmd: func(ctx context.Context) *exec.Cmd { return exec.CommandContext(ctx, bin, args...) },
+			onExit: func(status, logPath string, restartIn time.Duration) {
+				if !ready.Load() {
+					select { // waitReady reports it
+					case early <- status:
+					default:
+					}
+					return
+				}
+				m.progress("prometheus exited (%s); restarting it in %s; log: %s", status, restartIn, logPath)
+			},
+		}
+		var cancel context.CancelFunc
+		pctx, cancel = context.WithCancel(ctx)
+		if err := p.start(pctx); err != nil {
+			cancel()
+			return nil, err
+		}
+		stop = func() { cancel(); p.stopAndWait() }
+		url = "http://" + addr
+		err = waitReady(ctx, url+"/-/ready", 60*time.Second, early)
+		if err == nil {
+			ready.Store(true)
+			break
+		}
 		stop()
+		if picked && attempt < 3 && errors.Is(err, errExited) {
+			m.progress("prometheus on %s: %v; another process may have taken the picked port: trying another", addr, err)
+			continue
+		}
 		return nil, fmt.Errorf("prometheus (%s) did not get ready: %w; see %s", bin, err, p.logPath)
 	}
 	st, _ := json.MarshalIndent(PrometheusState{URL: url, Config: cfg, Data: data}, "", "  ")
@@ -274,7 +306,10 @@ func (m *mesh) writeTargets(path string, last []byte) ([]byte, error) {
 	return b, nil
 }
 
-func waitReady(ctx context.Context, url string, within time.Duration) error {
+// errExited is waitReady's error when the process exited first.
+var errExited = errors.New("exited before it was ready")
+
+func waitReady(ctx context.Context, url string, within time.Duration, exited <-chan string) error {
 	c := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{Proxy: nil}}
 	deadline := time.Now().Add(within)
 	for {
@@ -292,6 +327,8 @@ func waitReady(ctx context.Context, url string, within time.Duration) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case status := <-exited:
+			return fmt.Errorf("%w (%s)", errExited, status)
 		case <-time.After(200 * time.Millisecond):
 		}
 	}

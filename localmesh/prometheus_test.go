@@ -1,7 +1,12 @@
 package localmesh
 
 import (
+	"context"
 	"encoding/json"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -39,4 +44,61 @@ func TestPrometheusConfig(t *testing.T) {
 			t.Errorf("prometheus.yml lacks %q:\n%s", want, cfg)
 		}
 	}
+}
+
+// Prometheus cannot take a socket from skiff up, so a port picked for
+// --prometheus-addr 127.0.0.1:0 can be taken by another process before
+// Prometheus binds it. A Prometheus that exits before it is ready on a
+// picked port is started again on another one; here the first start fails
+// as it would on a taken port, and the second is Debian's real Prometheus.
+func TestPrometheusMovesOffATakenPickedPort(t *testing.T) {
+	real, err := exec.LookPath("prometheus")
+	if err != nil {
+		t.Fatal("this test runs Debian's prometheus: apt-get install prometheus (scripts/test.sh does)")
+	}
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "prometheus")
+	script := `#!/bin/sh
+echo "$@" >> ` + filepath.Join(dir, "args") + `
+if [ ! -e ` + filepath.Join(dir, "failed") + ` ]; then
+	touch ` + filepath.Join(dir, "failed") + `
+	echo 'Error starting web server: listen tcp: bind: address already in use' >&2
+	exit 1
+fi
+exec ` + real + ` "$@"
+`
+	if err := os.WriteFile(fake, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	var progress strings.Builder
+	m := &mesh{o: Options{StateDir: t.TempDir(), Progress: &progress, Backoff: Backoff{Initial: 50 * time.Millisecond, Max: time.Second, Reset: time.Minute}, Grace: time.Second}}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop, err := m.startPrometheus(ctx, PrometheusOptions{Binary: fake, Addr: "127.0.0.1:0", ScrapeInterval: time.Second})
+	if err != nil {
+		t.Fatalf("startPrometheus: %v\n%s", err, progress.String())
+	}
+	defer stop()
+	args, _ := os.ReadFile(filepath.Join(dir, "args"))
+	var addrs []string
+	for _, f := range strings.Fields(string(args)) {
+		if a, ok := strings.CutPrefix(f, "--web.listen-address="); ok {
+			addrs = append(addrs, a)
+		}
+	}
+	if len(addrs) != 2 || addrs[0] == addrs[1] {
+		t.Fatalf("prometheus started on %v; want twice, on two picked addresses", addrs)
+	}
+	if want := "prometheus on " + addrs[0] + ": exited before it was ready (exit code 1); another process may have taken the picked port: trying another"; !strings.Contains(progress.String(), want) {
+		t.Errorf("skiff up did not say %q:\n%s", want, progress.String())
+	}
+	st, err := os.ReadFile(filepath.Join(m.o.StateDir, prometheusDir, prometheusStateFile))
+	if err != nil || !strings.Contains(string(st), `"url": "http://`+addrs[1]+`"`) {
+		t.Errorf("prometheus state %s (%v); want the second address %s", st, err, addrs[1])
+	}
+	resp, err := http.Get("http://" + addrs[1] + "/-/ready")
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("the second Prometheus is not ready: %v", err)
+	}
+	resp.Body.Close()
 }

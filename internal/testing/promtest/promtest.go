@@ -8,9 +8,11 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
+	"strconv"
 	"testing"
 	"time"
+
+	"github.com/skiff-mesh/skiff/internal/testing/childport"
 )
 
 // Start runs prometheus with config (prometheus.yml's content), waits
@@ -28,35 +30,17 @@ func Start(t testing.TB, config string) string {
 	if err := os.WriteFile(cfg, []byte(config), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := l.Addr().String()
-	l.Close()
-	var log strings.Builder
-	cmd := exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data"), "--web.listen-address="+addr)
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("prometheus:\n%s", log.String())
-		}
-	})
 	c := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{Proxy: nil}}
-	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		if resp, err := c.Get("http://" + addr + "/-/ready"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return "http://" + addr
-			}
+	port, _ := childport.Start(t, "prometheus", 30*time.Second, func(port int) *exec.Cmd {
+		return exec.Command(bin, "--config.file="+cfg, "--storage.tsdb.path="+filepath.Join(dir, "data-"+strconv.Itoa(port)),
+			"--web.listen-address="+net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+	}, func(port int) bool {
+		resp, err := c.Get("http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port)) + "/-/ready")
+		if err != nil {
+			return false
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prometheus not ready within 30 s:\n%s", log.String())
-		}
-	}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	return "http://" + net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 }

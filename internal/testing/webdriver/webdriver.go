@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/skiff-mesh/skiff/internal/testing/meshtest"
+	"github.com/skiff-mesh/skiff/internal/testing/childport"
 )
 
 // ErrNotInstalled is what a test reports when Chromium or chromedriver is
@@ -53,33 +52,17 @@ func Start(t testing.TB, o Options) *Session {
 	if err1 != nil || err2 != nil {
 		t.Fatal(ErrNotInstalled)
 	}
-	port := freePort(t)
-	cmd := exec.Command(driver, "--port="+strconv.Itoa(port), "--allowed-ips=127.0.0.1")
-	var log meshtest.SyncBuilder
-	cmd.Stdout, cmd.Stderr = &log, &log
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("starting %s: %v", driver, err)
-	}
-	t.Cleanup(func() {
-		cmd.Process.Kill()
-		cmd.Wait()
-		if t.Failed() {
-			t.Logf("chromedriver:\n%s", log.String())
-		}
-	})
-	s := &Session{base: fmt.Sprintf("http://127.0.0.1:%d", port), o: o,
-		c: &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{Proxy: nil}}}
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+	c := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{Proxy: nil}}
+	port, log := childport.Start(t, "chromedriver", 20*time.Second, func(port int) *exec.Cmd {
+		return exec.Command(driver, "--port="+strconv.Itoa(port), "--allowed-ips=127.0.0.1")
+	}, func(port int) bool {
 		var st struct {
 			Ready bool `json:"ready"`
 		}
-		if err := s.Do("GET", "/status", nil, &st); err == nil && st.Ready {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("chromedriver on port %d not ready within 20 s:\n%s", port, log.String())
-		}
-	}
+		probe := &Session{base: fmt.Sprintf("http://127.0.0.1:%d", port), c: c}
+		return probe.Do("GET", "/status", nil, &st) == nil && st.Ready
+	})
+	s := &Session{base: fmt.Sprintf("http://127.0.0.1:%d", port), o: o, c: c}
 	// No sandbox: the tests run as root in CI, where Chromium's sandbox
 	// refuses to start.
 	args := []string{"--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
@@ -244,14 +227,4 @@ func (s *Session) Screenshot(t testing.TB, name string) string {
 	}
 	t.Logf("screenshot: %s", p)
 	return p
-}
-
-func freePort(t testing.TB) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }
