@@ -8,6 +8,7 @@ import (
 
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/gen"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
 	"github.com/skiff-mesh/skiff/controlplane/model"
 	"github.com/skiff-mesh/skiff/controlplane/xds"
 )
@@ -16,10 +17,30 @@ import (
 // EndpointSlices, WorkloadEntries) that leaves the set of services as it
 // was pushes EDS alone; a change of Istio config pushes the types that kind
 // feeds; anything else is a full push.
-func classify(c config.Change, prevSnap, snap *config.Snapshot, prev, next *model.Registry) *xds.PushRequest {
+//
+// The push reaches only the proxies the changed objects can affect
+// (index.Affects, Istio's ProxyNeedsPush): another namespace's private
+// VirtualService or DestinationRule, a Sidecar of another namespace, a
+// Gateway, or a VirtualService bound to gateways alone leave a sidecar's
+// config as it was.
+func classify(c config.Change, prevSnap, snap *config.Snapshot, prevIx, nextIx *index.Index) *xds.PushRequest {
+	prev, next := prevIx.Registry(), nextIx.Registry()
 	req := &xds.PushRequest{Types: map[string]bool{}}
 	trace := len(c.Keys) <= maxTracedKeys
+	// A Sidecar imports the services its VirtualServices route to, so with
+	// one anywhere a VirtualService change can add or drop clusters,
+	// endpoints and listeners as well as routes.
+	sidecars := len(prevSnap.List(config.Sidecar)) > 0 || len(snap.List(config.Sidecar)) > 0
+	var reach []func(*xds.Proxy) bool // nil once a key reaches every proxy
+	scoped := true
 	for _, k := range c.Keys {
+		if scoped {
+			if f := affected(k, prevSnap, snap, prevIx, nextIx); f != nil {
+				reach = append(reach, f)
+			} else {
+				scoped, reach = false, nil
+			}
+		}
 		ck := xds.ConfigKey{Kind: k.Kind.Kind, Namespace: k.Namespace, Name: k.Name}
 		if o := snap.Get(k); o != nil {
 			ck.ResourceVersion = o.Meta.ResourceVersion // traceable: which proxies ACKed this version
@@ -36,8 +57,11 @@ func classify(c config.Change, prevSnap, snap *config.Snapshot, prev, next *mode
 			// routes (filter chains by port and SNI): a change between
 			// versions that have neither cannot change a listener, and
 			// leaving LDS out spares regenerating every sidecar's.
-			if hasL4Routes(prevSnap, k) || hasL4Routes(snap, k) {
+			if sidecars || hasL4Routes(prevSnap, k) || hasL4Routes(snap, k) {
 				req.Types[gen.ListenerType] = true
+			}
+			if sidecars {
+				req.Types[gen.ClusterType], req.Types[gen.EndpointType] = true, true
 			}
 		case config.DestinationRule:
 			req.Types[gen.ClusterType], req.Types[gen.EndpointType], req.Types[gen.RouteType] = true, true, true
@@ -60,7 +84,32 @@ func classify(c config.Change, prevSnap, snap *config.Snapshot, prev, next *mode
 	default:
 		req.Full, req.Reason = true, "config"
 	}
+	if scoped && len(reach) > 0 {
+		req.Proxies = func(p *xds.Proxy) bool {
+			for _, f := range reach {
+				if f(p) {
+					return true
+				}
+			}
+			return false
+		}
+	}
 	return req
+}
+
+// affected is which proxies a change of the object k can reach: the old
+// version's in the old index, the new version's in the new one. nil means
+// every proxy (the kinds index.Affects does not scope).
+func affected(k config.Key, prevSnap, snap *config.Snapshot, prevIx, nextIx *index.Index) func(*xds.Proxy) bool {
+	switch k.Kind {
+	case config.VirtualService, config.DestinationRule, config.Sidecar, config.Gateway:
+	default:
+		return nil
+	}
+	old, cur := prevSnap.Get(k), snap.Get(k)
+	return func(p *xds.Proxy) bool {
+		return (old != nil && prevIx.Affects(p, old)) || (cur != nil && nextIx.Affects(p, cur))
+	}
 }
 
 // sameServices reports whether two registries hold the same services with

@@ -10,16 +10,18 @@ import (
 	"github.com/skiff-mesh/skiff/controlplane/config"
 	"github.com/skiff-mesh/skiff/controlplane/config/validation"
 	"github.com/skiff-mesh/skiff/controlplane/gen"
+	"github.com/skiff-mesh/skiff/controlplane/gen/index"
 	"github.com/skiff-mesh/skiff/controlplane/model"
 )
 
-func registry(t *testing.T, yaml string) *model.Registry {
+// registry is the index (and so the registry) of a mesh's YAML.
+func registry(t *testing.T, yaml string) *index.Index {
 	t.Helper()
 	objs, errs := config.Decode([]byte(yaml), "mesh.yaml")
 	if len(errs) > 0 {
 		t.Fatalf("decoding: %v", errs)
 	}
-	return model.Build(objs, model.Options{})
+	return index.Build(objs, model.Build(objs, model.Options{}), index.Options{})
 }
 
 const twoServices = `apiVersion: v1

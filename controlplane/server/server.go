@@ -174,8 +174,8 @@ type Server struct {
 	inherited map[string]net.Listener
 
 	mu       sync.Mutex
-	lastReg  *model.Registry
-	lastSnap *config.Snapshot // the snapshot lastReg was built from
+	lastIx   *index.Index
+	lastSnap *config.Snapshot // the snapshot lastIx was built from
 	version  uint64
 	ready    bool
 	rebuilds chan config.Change
@@ -405,13 +405,13 @@ func (s *Server) rebuild(c config.Change) {
 	s.gen.Set(ix)
 
 	s.mu.Lock()
-	prev, prevSnap := s.lastReg, s.lastSnap
-	s.lastReg, s.lastSnap, s.version, s.ready = reg, snap, snap.Version, true
+	prev, prevSnap := s.lastIx, s.lastSnap
+	s.lastIx, s.lastSnap, s.version, s.ready = ix, snap, snap.Version, true
 	s.mu.Unlock()
 	if prev == nil {
 		return // the first version: proxies get it when they connect
 	}
-	req := classify(c, prevSnap, snap, prev, reg)
+	req := classify(c, prevSnap, snap, prev, ix)
 	req.Start = start
 	s.xds.Push(req)
 	s.log.Debug("config version pushed", "version", snap.Version, "full", req.Full, "reason", req.Reason,

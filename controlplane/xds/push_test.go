@@ -3,6 +3,7 @@ package xds_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -362,4 +363,42 @@ func TestMergedTypesInOrder(t *testing.T) {
 		t.Errorf("one merged push carried versions %q and %q", first.GetVersionInfo(), second.GetVersionInfo())
 	}
 	c.noResponse(100 * time.Millisecond)
+}
+
+// A push with Proxies reaches only the proxies it accepts; requests merged
+// by the debounce reach the proxies either accepts, and one without
+// Proxies makes the merged push reach every proxy.
+func TestPushReachesOnlyAcceptedProxies(t *testing.T) {
+	gen := newFakeGen()
+	gen.set(xds.ClusterType, cluster("reviews"))
+	s := startServer(t, xds.Options{Generator: gen, DebounceAfter: 50 * time.Millisecond})
+	clients := map[string]*sotwClient{}
+	for i, ns := range []string{"a", "b", "c"} {
+		c := newSotw(t, dial(t, s.addr), true)
+		c.send(&discoveryv3.DiscoveryRequest{Node: node(t, "app-"+ns, ns, fmt.Sprintf("10.0.0.%d", i+1)), TypeUrl: xds.ClusterType})
+		c.ack(c.recv())
+		clients[ns] = c
+	}
+	inNS := func(ns string) func(*xds.Proxy) bool { return func(p *xds.Proxy) bool { return p.Namespace == ns } }
+	for _, tc := range []struct {
+		name    string
+		reqs    []func(*xds.Proxy) bool
+		reached []string
+	}{
+		{"one namespace", []func(*xds.Proxy) bool{inNS("a")}, []string{"a"}},
+		{"two merged", []func(*xds.Proxy) bool{inNS("a"), inNS("b")}, []string{"a", "b"}},
+		{"merged with an unscoped one", []func(*xds.Proxy) bool{inNS("a"), nil}, []string{"a", "b", "c"}},
+	} {
+		gen.set(xds.ClusterType, cluster("reviews"), cluster(strings.ReplaceAll(tc.name, " ", "-")))
+		for _, f := range tc.reqs {
+			s.Push(&xds.PushRequest{Full: true, Types: map[string]bool{xds.ClusterType: true}, Reason: "config", Proxies: f})
+		}
+		for _, ns := range []string{"a", "b", "c"} {
+			if slices.Contains(tc.reached, ns) {
+				clients[ns].ack(clients[ns].recv())
+			} else {
+				clients[ns].noResponse(300 * time.Millisecond)
+			}
+		}
+	}
 }

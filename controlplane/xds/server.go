@@ -253,6 +253,9 @@ func (s *Server) dispatch(req *PushRequest) {
 		if s.opts.Scope != nil && !s.opts.Scope.Affected(c.proxy, req) {
 			continue
 		}
+		if req.Proxies != nil && !req.Proxies(c.proxy) {
+			continue
+		}
 		c.enqueue(p)
 	}
 }

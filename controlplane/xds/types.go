@@ -103,6 +103,13 @@ type PushRequest struct {
 	// Start is when the first change behind this push happened; Push
 	// fills it in when zero. Convergence time is measured from it.
 	Start time.Time
+	// Proxies, when not nil, limits the push to the proxies it accepts:
+	// config only some proxies see (another namespace's private
+	// VirtualService, a Sidecar, a gateway's) leaves the others' config as
+	// it was, and they are not pushed to, as Istio's ProxyNeedsPush
+	// decides. nil reaches every proxy. It must accept every proxy whose
+	// config of the covered types may differ.
+	Proxies func(*Proxy) bool
 }
 
 // covers reports whether the request asks for typeURL.
@@ -150,6 +157,10 @@ func merge(a, b *PushRequest) *PushRequest {
 		}
 	}
 	out.EndpointsOf = mergeEndpoints(a, b)
+	if a.Proxies != nil && b.Proxies != nil {
+		pa, pb := a.Proxies, b.Proxies
+		out.Proxies = func(p *Proxy) bool { return pa(p) || pb(p) }
+	}
 	out.Reason = joinReasons(a.Reason, b.Reason)
 	return out
 }
