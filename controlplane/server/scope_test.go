@@ -2,7 +2,6 @@ package server
 
 import (
 	"bytes"
-	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -98,12 +97,12 @@ func TestPushReachesEveryProxyWhoseConfigChanges(t *testing.T) {
 		}
 	}
 	for _, want := range []string{
-		"removing VirtualService/b/api-private → web-0.a",      // exported to b alone
-		"removing VirtualService/b/api-private → client-0.c",   // exported to b alone
+		"removing VirtualService/b/api-private → web-0.a",                // exported to b alone
+		"removing VirtualService/b/api-private → client-0.c",             // exported to b alone
 		"removing VirtualService/b/api-private → ingress-0.istio-system", // bound to the mesh alone
-		"removing VirtualService/b/api-ingress → web-0.a",     // bound to the gateway alone
+		"removing VirtualService/b/api-ingress → web-0.a",                // bound to the gateway alone
 		"removing VirtualService/b/api-ingress → api-0.b",
-		"removing VirtualService/b/search → web-0.a", // not imported by a's Sidecar
+		"removing VirtualService/b/search → web-0.a",  // not imported by a's Sidecar
 		"removing DestinationRule/b/api → client-0.c", // exported to b alone
 		"removing DestinationRule/b/db → web-0.a",     // not imported by a's Sidecar
 		"removing Sidecar/a/default → api-0.b",        // another namespace's
@@ -199,5 +198,3 @@ func generate(t *testing.T, p *xds.Proxy, typ string, ix *index.Index) map[strin
 	}
 	return out
 }
-
-var _ = fmt.Sprint
