@@ -35,7 +35,7 @@ func classify(c config.Change, prevSnap, snap *config.Snapshot, prevIx, nextIx *
 	scoped := true
 	for _, k := range c.Keys {
 		if scoped {
-			if f := affected(k, prevSnap, snap, prevIx, nextIx); f != nil {
+			if f := affected(k, prevSnap, snap, nextIx); f != nil {
 				reach = append(reach, f)
 			} else {
 				scoped, reach = false, nil
@@ -97,10 +97,17 @@ func classify(c config.Change, prevSnap, snap *config.Snapshot, prevIx, nextIx *
 	return req
 }
 
-// affected is which proxies a change of the object k can reach: the old
-// version's in the old index, the new version's in the new one. nil means
-// every proxy (the kinds index.Affects does not scope).
-func affected(k config.Key, prevSnap, snap *config.Snapshot, prevIx, nextIx *index.Index) func(*xds.Proxy) bool {
+// affected is which proxies a change of the object k can reach: those its
+// old or its new version affects. nil means every proxy (the kinds
+// index.Affects does not scope).
+//
+// Both versions are judged in the new index. That is sound: what else
+// decides a version's reach (the proxy's Sidecar, the Gateways selecting
+// it, the services hosts resolve to) is the same in both indexes unless it
+// changed too, and then its own key reaches those proxies (this change's
+// keys, or a merged request's). And it keeps the push from holding the old
+// index, with every resource generated from it, until the push ends.
+func affected(k config.Key, prevSnap, snap *config.Snapshot, nextIx *index.Index) func(*xds.Proxy) bool {
 	switch k.Kind {
 	case config.VirtualService, config.DestinationRule, config.Sidecar, config.Gateway:
 	default:
@@ -108,7 +115,7 @@ func affected(k config.Key, prevSnap, snap *config.Snapshot, prevIx, nextIx *ind
 	}
 	old, cur := prevSnap.Get(k), snap.Get(k)
 	return func(p *xds.Proxy) bool {
-		return (old != nil && prevIx.Affects(p, old)) || (cur != nil && nextIx.Affects(p, cur))
+		return (old != nil && nextIx.Affects(p, old)) || (cur != nil && nextIx.Affects(p, cur))
 	}
 }
 

@@ -397,6 +397,15 @@ func (s *Server) rebuildLoop(ctx context.Context) {
 func (s *Server) rebuild(c config.Change) {
 	start := time.Now()
 	snap := s.store.Snapshot()
+	s.mu.Lock()
+	built := s.lastSnap != nil && s.lastSnap.Version == snap.Version
+	s.mu.Unlock()
+	if built {
+		// Built and served already: the first load's changes, queued
+		// while Run built that version, would push it again to every
+		// proxy connected by then.
+		return
+	}
 	objs := snap.All()
 	conv := gatewayapi.Convert(objs, gatewayapi.Options{DomainSuffix: s.o.DomainSuffix})
 	all := append(append([]*config.Object(nil), objs...), conv.Objects...)

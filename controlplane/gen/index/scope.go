@@ -16,7 +16,7 @@ import (
 // DestinationRules, Sidecars and Gateways; for any other kind it is true.
 // It may say true where nothing changes, never false where something may.
 // A change is pushed to p when Affects holds for the object's old version
-// in the old index or its new version in the new one.
+// or its new one.
 func (ix *Index) Affects(p *xds.Proxy, o *config.Object) bool {
 	switch spec := o.Spec.(type) {
 	case *networking.VirtualService:
@@ -61,7 +61,10 @@ func (ix *Index) vsAffects(p *xds.Proxy, ns string, vs *networking.VirtualServic
 	if !slices.Contains(gws, "mesh") || !visibleTo(vs.GetExportTo(), ns, p.Namespace) {
 		return false
 	}
-	sc := ix.SidecarScope(p).Sidecar()
+	// selectSidecar, not SidecarScope: this runs for every proxy when a
+	// push is dispatched, before any is sent, and a scope of a new index
+	// is built on first use.
+	sc := ix.selectSidecar(p)
 	if sc == nil {
 		return true // the proxy imports every visible host
 	}
@@ -88,10 +91,10 @@ func (ix *Index) drAffects(p *xds.Proxy, ns string, dr *networking.DestinationRu
 	if sel := dr.GetWorkloadSelector().GetMatchLabels(); len(sel) > 0 && (ns != p.Namespace || !labelsMatch(sel, p.Labels)) {
 		return false
 	}
-	scope := ix.SidecarScope(p)
-	if scope.Sidecar() == nil {
+	if ix.selectSidecar(p) == nil {
 		return true
 	}
+	scope := ix.SidecarScope(p)
 	// With a Sidecar, only rules for the services it imports reach the
 	// proxy's clusters.
 	host := ix.ResolveHost(dr.GetHost(), ns)
