@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -36,24 +37,7 @@ func TestPushReachesEveryProxyWhoseConfigChanges(t *testing.T) {
 		return indextest.Mesh(indextest.Decode(t, "testdata/scope.yaml", []byte(text)))
 	}
 	all := load(string(data))
-	type change struct {
-		name          string
-		key           config.Key
-		before, after []*config.Object
-	}
-	var changes []change
-	for _, o := range all {
-		switch o.Kind {
-		case config.VirtualService, config.DestinationRule, config.Sidecar, config.Gateway, config.ServiceEntry:
-		default:
-			continue
-		}
-		without := slices.DeleteFunc(slices.Clone(all), func(x *config.Object) bool { return x == o })
-		k := o.Key()
-		changes = append(changes,
-			change{"removing " + k.String(), k, all, without},
-			change{"adding " + k.String(), k, without, all})
-	}
+	changes := removals(all)
 	for _, e := range []struct{ name, old, new string }{
 		// Namespace a's Sidecar imports what its VirtualServices route
 		// to: a new destination is a new cluster there.
@@ -76,7 +60,59 @@ func TestPushReachesEveryProxyWhoseConfigChanges(t *testing.T) {
 		changes = append(changes, change{e.name, key, all, edited}, change{e.name + ", undone", key, edited, all})
 	}
 
-	left := map[string]bool{} // "change → proxy" pairs the push left out
+	left := checkPushes(t, changes)
+	for _, want := range []string{
+		"removing VirtualService/b/api-private → web-0.a",                // exported to b alone
+		"removing VirtualService/b/api-private → client-0.c",             // exported to b alone
+		"removing VirtualService/b/api-private → ingress-0.istio-system", // bound to the mesh alone
+		"removing VirtualService/b/api-ingress → web-0.a",                // bound to the gateway alone
+		"removing VirtualService/b/api-ingress → api-0.b",
+		"removing VirtualService/b/search → web-0.a",  // not imported by a's Sidecar
+		"removing DestinationRule/b/api → client-0.c", // exported to b alone
+		"removing DestinationRule/b/db → web-0.a",     // not imported by a's Sidecar
+		"removing Sidecar/a/default → api-0.b",        // another namespace's
+		"removing Sidecar/b/db-only → api-0.b",        // selects db alone
+		"removing Sidecar/a/default → ingress-0.istio-system",
+		"removing Gateway/istio-system/ingress → web-0.a", // gateways are not sidecars' config
+	} {
+		if !left[want] {
+			t.Errorf("the push of %q reaches that proxy; its config cannot change", want)
+		}
+	}
+}
+
+type change struct {
+	name          string
+	key           config.Key
+	before, after []*config.Object
+}
+
+// removals are the changes of removing, then adding back, each object of
+// a kind that index.Affects scopes (and ServiceEntries, which it does not).
+func removals(all []*config.Object) []change {
+	var changes []change
+	for _, o := range all {
+		switch o.Kind {
+		case config.VirtualService, config.DestinationRule, config.Sidecar, config.Gateway, config.ServiceEntry:
+		default:
+			continue
+		}
+		without := slices.DeleteFunc(slices.Clone(all), func(x *config.Object) bool { return x == o })
+		k := o.Key()
+		changes = append(changes,
+			change{"removing " + k.String(), k, all, without},
+			change{"adding " + k.String(), k, without, all})
+	}
+	return changes
+}
+
+// checkPushes classifies each change as skiffd does and fails the test for
+// any proxy whose generated config of some type differs while the push
+// leaves out that proxy or that type. It returns the "change → proxy"
+// pairs the pushes left out.
+func checkPushes(t *testing.T, changes []change) map[string]bool {
+	t.Helper()
+	left := map[string]bool{}
 	for _, c := range changes {
 		ixB, ixA := indextest.Build(c.before), indextest.Build(c.after)
 		req := classify(config.Change{Keys: []config.Key{c.key}}, snapshotOf(t, c.before), snapshotOf(t, c.after), ixB, ixA)
@@ -96,23 +132,28 @@ func TestPushReachesEveryProxyWhoseConfigChanges(t *testing.T) {
 			}
 		}
 	}
-	for _, want := range []string{
-		"removing VirtualService/b/api-private → web-0.a",                // exported to b alone
-		"removing VirtualService/b/api-private → client-0.c",             // exported to b alone
-		"removing VirtualService/b/api-private → ingress-0.istio-system", // bound to the mesh alone
-		"removing VirtualService/b/api-ingress → web-0.a",                // bound to the gateway alone
-		"removing VirtualService/b/api-ingress → api-0.b",
-		"removing VirtualService/b/search → web-0.a",  // not imported by a's Sidecar
-		"removing DestinationRule/b/api → client-0.c", // exported to b alone
-		"removing DestinationRule/b/db → web-0.a",     // not imported by a's Sidecar
-		"removing Sidecar/a/default → api-0.b",        // another namespace's
-		"removing Sidecar/b/db-only → api-0.b",        // selects db alone
-		"removing Sidecar/a/default → ingress-0.istio-system",
-		"removing Gateway/istio-system/ingress → web-0.a", // gateways are not sidecars' config
-	} {
-		if !left[want] {
-			t.Errorf("the push of %q reaches that proxy; its config cannot change", want)
-		}
+	return left
+}
+
+// The same over Bookinfo with each of Istio's networking samples: every
+// object of the sample removed and added back.
+func TestBookinfoPushesReachEveryProxyWhoseConfigChanges(t *testing.T) {
+	files, err := filepath.Glob(filepath.Join(indextest.SamplesDir, "bookinfo", "networking", "*.yaml"))
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no Bookinfo networking samples under %s: %v", indextest.SamplesDir, err)
+	}
+	platform := indextest.Sample(t, "bookinfo/platform/kube/bookinfo.yaml")
+	gatewayLeftSidecars := false
+	for _, f := range files {
+		rel, _ := filepath.Rel(indextest.SamplesDir, f)
+		t.Run(filepath.Base(f), func(t *testing.T) {
+			all := indextest.Mesh(append(slices.Clone(platform), indextest.Sample(t, rel)...))
+			left := checkPushes(t, removals(all))
+			gatewayLeftSidecars = gatewayLeftSidecars || left["removing Gateway/default/bookinfo-gateway → productpage-v1-0.default"]
+		})
+	}
+	if !gatewayLeftSidecars {
+		t.Errorf("removing bookinfo-gateway was pushed to productpage's sidecar; sidecars do not take Gateways")
 	}
 }
 
