@@ -32,7 +32,10 @@ func classify(c config.Change, prevSnap, snap *config.Snapshot, prevIx, nextIx *
 	// endpoints and listeners as well as routes.
 	sidecars := len(prevSnap.List(config.Sidecar)) > 0 || len(snap.List(config.Sidecar)) > 0
 	var reach []func(*xds.Proxy) bool // nil once a key reaches every proxy
-	scoped := true
+	// Scoping asks each key of each proxy at dispatch; a change of more
+	// keys than are traced (a directory replaced wholesale) reaches every
+	// proxy instead.
+	scoped := trace
 	for _, k := range c.Keys {
 		if scoped {
 			if f := affected(k, prevSnap, snap, nextIx); f != nil {
