@@ -285,23 +285,50 @@ type Wait struct {
 	t0      time.Time
 	acked   []atomic.Int64 // nanoseconds after T0; 0 until seen
 	pending atomic.Int64
+	others  atomic.Int64 // responses of the type to proxies not concerned
 	done    chan struct{}
 }
 
 // Expect starts timing exp: T0 is now, so call it just before making the
 // change. One expectation is followed at a time; Expect replaces the last.
-func (f *Fleet) Expect(exp Expectation) *Wait {
+func (f *Fleet) Expect(exp Expectation) *Wait { return f.ExpectOf(exp, nil) }
+
+// ExpectOf is Expect for the proxies concerned accepts (all when nil):
+// the others are neither waited for nor counted.
+func (f *Fleet) ExpectOf(exp Expectation, concerned func(*Proxy) bool) *Wait {
 	w := &Wait{exp: exp, acked: make([]atomic.Int64, len(f.Proxies)), done: make(chan struct{})}
-	w.pending.Store(int64(len(f.Proxies)))
+	n := 0
+	for i, p := range f.Proxies {
+		if concerned == nil || concerned(p) {
+			n++
+		} else {
+			w.acked[i].Store(notConcerned)
+		}
+	}
+	w.pending.Store(int64(n))
+	if n == 0 {
+		close(w.done)
+	}
 	w.t0 = time.Now()
 	f.cur.Store(w)
 	return w
 }
 
+// notConcerned marks, in Wait.acked, a proxy the expectation leaves out.
+const notConcerned = -1
+
 // observe is called by a proxy after it ACKed a response.
 func (f *Fleet) observe(p *Proxy, typeURL string, got []decoded, acked time.Time) {
 	w := f.cur.Load()
-	if w == nil || w.exp.TypeURL != typeURL || w.acked[p.Index].Load() != 0 {
+	if w == nil || w.exp.TypeURL != typeURL {
+		return
+	}
+	switch w.acked[p.Index].Load() {
+	case 0:
+	case notConcerned:
+		w.others.Add(1)
+		return
+	default:
 		return
 	}
 	for _, d := range got {
@@ -320,6 +347,9 @@ type Result struct {
 	Times   []time.Duration // per proxy, from T0 to its ACK; only those that got it
 	Last    time.Duration   // the slowest proxy: when the change was everywhere
 	Missing int             // proxies that had not ACKed it at the deadline
+	// Others counts the responses of the expected type that proxies the
+	// change does not concern (ExpectOf) received while it was followed.
+	Others int
 }
 
 // Wait blocks until every proxy ACKed the expected content, or timeout.
@@ -331,9 +361,12 @@ func (w *Wait) Wait(ctx context.Context, timeout time.Duration) Result {
 	case <-t.C:
 	case <-ctx.Done():
 	}
-	r := Result{What: w.exp.What}
+	r := Result{What: w.exp.What, Others: int(w.others.Load())}
 	for i := range w.acked {
 		v := w.acked[i].Load()
+		if v == notConcerned {
+			continue
+		}
 		if v == 0 {
 			r.Missing++
 			continue

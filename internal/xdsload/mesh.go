@@ -24,6 +24,10 @@ type Spec struct {
 	// others route to the whole service. 1 splits all of them.
 	SplitEvery int
 	Port       int // the service port (named "http"), also the container port
+	// Private exports every VirtualService and DestinationRule to its own
+	// namespace alone (exportTo: ["."]), so a routing change concerns only
+	// that namespace's proxies.
+	Private bool
 }
 
 // Mesh is a generated mesh on disk; its methods rewrite single files to
@@ -187,7 +191,11 @@ func (m *Mesh) writePods(s *Service) error {
 }
 
 func (m *Mesh) writeRouting(s *Service) error {
-	return writeFile(m.path(s, "-routing"), routingYAML(s))
+	y := routingYAML(s)
+	if m.Spec.Private {
+		y = strings.ReplaceAll(y, "\nspec:\n", "\nspec:\n  exportTo: [\".\"]\n")
+	}
+	return writeFile(m.path(s, "-routing"), y)
 }
 
 // writeFile replaces path atomically (a hidden temporary file renamed over

@@ -56,6 +56,10 @@ type Report struct {
 	Services, Endpoints, Namespaces int
 	Proxies, Conns                  int
 	Delta                           bool
+	// Private: VirtualServices and DestinationRules are exported to their
+	// namespace alone, and a VirtualService change is timed over that
+	// namespace's proxies (the others must not need it).
+	Private bool `json:",omitempty"`
 	InitialSyncMS                   Millis
 	Resources                       map[string]int // per proxy, of the first proxy: CDS, EDS, LDS, RDS
 	// What the proxies read, all of them together: the initial sync, and
@@ -85,6 +89,10 @@ type ChangeStats struct {
 	ProxyP50MS, ProxyP90MS, ProxyP99MS Millis
 	Missing                            int      // proxy ACKs still missing at the timeouts, summed
 	Failures                           []string `json:",omitempty"`
+	// OthersPushed sums the responses of the change's type that proxies
+	// it does not concern received (Report.Private): 0 when skiffd scopes
+	// its pushes.
+	OthersPushed int `json:",omitempty"`
 }
 
 // ProcStats are a process's memory and CPU across the run (skiffd's, the tool's).
@@ -133,7 +141,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		defer stop()
 	}
 	rep := &Report{Services: o.Spec.Services, Endpoints: o.Spec.Endpoints, Namespaces: o.Spec.Namespaces,
-		Proxies: o.Proxies, Delta: o.Fleet.Delta}
+		Proxies: o.Proxies, Delta: o.Fleet.Delta, Private: o.Spec.Private}
 	self := &phases{pid: os.Getpid()}
 	if err := self.start(); err != nil {
 		return nil, err
@@ -198,7 +206,11 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		time.Sleep(o.Gap)
 		s := split[r%len(split)]
 		w1 := (s.WeightV1+7)%90 + 5 // 5..94, never the current weight
-		wait := fleet.Expect(RouteWeights(s.Host(), s.Port, w1, 100-w1))
+		var concerned func(*Proxy) bool
+		if o.Spec.Private {
+			concerned = func(p *Proxy) bool { return p.Pod.Namespace == s.Namespace }
+		}
+		wait := fleet.ExpectOf(RouteWeights(s.Host(), s.Port, w1, 100-w1), concerned)
 		before := fleet.Received()
 		if err := mesh.SetWeight(s, w1); err != nil {
 			return err
@@ -381,6 +393,7 @@ func summarize(rs []Result) ChangeStats {
 	var last, all []time.Duration
 	for _, r := range rs {
 		c.Missing += r.Missing
+		c.OthersPushed += r.Others
 		all = append(all, r.Times...)
 		if r.Missing == 0 {
 			c.Complete++
@@ -422,6 +435,10 @@ func (r *Report) WriteTable(w io.Writer) {
 		num(r.InitialSyncMS), r.Resources["CDS"], r.Resources["EDS"], r.Resources["LDS"], r.Resources["RDS"])
 	fmt.Fprintf(w, "responses read by all proxies: %.1f MB to sync, %.1f MB per VirtualService change, %.1f MB per endpoint change\n",
 		r.SyncMB, r.VirtualServiceMB, r.EndpointMB)
+	if r.Private {
+		fmt.Fprintf(w, "routing is exported to its own namespace alone: a VirtualService change is timed over that namespace's proxies; the others received %d route responses meanwhile\n",
+			r.VirtualService.OthersPushed)
+	}
 	fmt.Fprintf(w, "\n%-16s %5s %9s | %-27s | %-27s\n", "change", "reps", "complete", "last proxy ms p50/p99/max", "any proxy ms p50/p90/p99")
 	for _, c := range []struct {
 		name string

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -323,6 +324,45 @@ func TestRunOnlyOneKind(t *testing.T) {
 				t.Errorf("the other kind: %+v, %v MB; want none made", skipped, skippedMB)
 			}
 		})
+	}
+}
+
+// -private exports routing to its own namespace and times a VirtualService
+// change over that namespace's proxies alone, counting what the others
+// receive meanwhile: this reference control plane gives every proxy the
+// same snapshot, so the others receive every change (skiffd's scoped
+// pushes give them none: docs/performance.md).
+func TestRunPrivateRouting(t *testing.T) {
+	dir := t.TempDir()
+	cp := startFileControlPlane(t, dir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	rep, err := xdsload.Run(ctx, xdsload.Options{
+		Spec: xdsload.Spec{Services: 4, Endpoints: 2, Namespaces: 2, SplitEvery: 1, Port: 9080, Private: true},
+		Dir:  dir, Proxies: 8, Fleet: xdsload.FleetOptions{Addr: cp.addr, Delta: true, ProxiesPerConn: 2},
+		Reps: 2, Only: "virtualservice", SyncTimeout: 20 * time.Second, ChangeTimeout: 10 * time.Second, Gap: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	routing, err := os.ReadFile(filepath.Join(dir, "load-0", "svc-0-routing.yaml"))
+	if err != nil || strings.Count(string(routing), "exportTo: [\".\"]") != 2 {
+		t.Errorf("svc-0's routing file exports its VirtualService and DestinationRule to: %v\n%s", err, routing)
+	}
+	vs := rep.VirtualService
+	if !rep.Private || vs.Complete != 2 || vs.Missing != 0 {
+		t.Errorf("private routing: report %v, VirtualService changes %+v; want 2 complete", rep.Private, vs)
+	}
+	// Each change concerns the 4 proxies of one namespace; the other 4
+	// receive the new route configuration too, most of them before the
+	// concerned ones are done (what comes later is not counted).
+	if vs.OthersPushed < 1 || vs.OthersPushed > 8 {
+		t.Errorf("the other namespace's proxies received %d route responses over 2 changes; want 1–8 from this control plane", vs.OthersPushed)
+	}
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	if want := fmt.Sprintf("timed over that namespace's proxies; the others received %d route responses meanwhile", vs.OthersPushed); !strings.Contains(table.String(), want) {
+		t.Errorf("table lacks %q:\n%s", want, table.String())
 	}
 }
 

@@ -47,6 +47,7 @@ func parse(args []string, stderr io.Writer) (*options, error) {
 	fs.IntVar(&r.Spec.Endpoints, "endpoints", 2, "pods per service")
 	fs.IntVar(&r.Spec.Namespaces, "namespaces", 10, "namespaces the services are spread over")
 	fs.IntVar(&r.Spec.SplitEvery, "split-every", 2, "every Nth service gets a v1/v2 weighted split and DestinationRule subsets")
+	fs.BoolVar(&r.Spec.Private, "private", false, "export every VirtualService and DestinationRule to its own namespace alone (exportTo: [\".\"]); a VirtualService change is then timed over that namespace's proxies")
 	fs.IntVar(&r.Spec.Port, "port", 8080, "service port")
 	fs.IntVar(&r.Proxies, "proxies", 2000, "simulated sidecars, one per generated pod (at most services × endpoints)")
 	fs.BoolVar(&r.Fleet.Delta, "delta", false, "use delta xDS instead of state of the world")
