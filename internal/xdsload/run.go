@@ -59,9 +59,9 @@ type Report struct {
 	// Private: VirtualServices and DestinationRules are exported to their
 	// namespace alone, and a VirtualService change is timed over that
 	// namespace's proxies (the others must not need it).
-	Private bool `json:",omitempty"`
-	InitialSyncMS                   Millis
-	Resources                       map[string]int // per proxy, of the first proxy: CDS, EDS, LDS, RDS
+	Private       bool `json:",omitempty"`
+	InitialSyncMS Millis
+	Resources     map[string]int // per proxy, of the first proxy: CDS, EDS, LDS, RDS
 	// What the proxies read, all of them together: the initial sync, and
 	// on average while one change of each kind was followed.
 	SyncMB, VirtualServiceMB, EndpointMB float64
